@@ -1,0 +1,159 @@
+"""Typed build configuration. YAML maps onto these models one to one (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the CLI prints it as one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageResourcesConfig(_Strict):
+    cpus: float = 1.0
+    gpus: float = 0.0
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+
+
+class DownloadConfig(_Strict):
+    max_height: int = Field(720, ge=16, description="yt-dlp picks the best format at most this tall")
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(2.0, ge=0)
+    socket_timeout_s: float = Field(20.0, gt=0)
+    deadline_s: float = Field(900.0, gt=0, description="overall limit for one video's download")
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+    max_filesize_mb: float = Field(4096.0, gt=0)
+
+
+class ScenesConfig(_Strict):
+    detector: Literal["content", "adaptive", "histogram", "hash"] = "content"
+    # Threshold of the chosen hard-cut detector; None keeps PySceneDetect's default.
+    threshold: float | None = None
+    # Gradual transitions (fades, dissolves): content change across a window of this length.
+    gradual: bool = True
+    gradual_window_s: float = Field(1.0, gt=0)
+    gradual_threshold: float = Field(30.0, gt=0)
+    # Fades through black, PySceneDetect's ThresholdDetector on mean brightness.
+    fade_threshold: float = Field(12.0, ge=0)
+    # Frames are decoded once; the detectors see them downscaled to this width at this rate.
+    detect_width: int = Field(128, ge=16)
+    detect_fps: float = Field(12.0, gt=0)
+    min_clip_s: float = Field(1.0, ge=0)
+    max_clip_s: float = Field(30.0, gt=0)
+
+
+class KeyframesConfig(_Strict):
+    per_clip: int = Field(1, ge=1)
+    # Longest side of a keyframe in pixels.
+    size: int = Field(384, ge=16)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_per_video: int = Field(64, ge=1)
+
+
+class VideoStageConfig(_Strict):
+    resources: StageResourcesConfig = StageResourcesConfig(concurrency=2)
+    # Decode at most this tall (the decoder downscales); bounds memory on 4K input.
+    max_decode_height: int = Field(1080, ge=16)
+    deadline_s: float = Field(1800.0, gt=0, description="limit for one video's whole CPU stage")
+    min_free_disk_gb: float = Field(1.0, ge=0)
+    tmp_dir: str | None = None
+    audio: bool = True
+
+
+class AsrConfig(_Strict):
+    enabled: bool = True
+    model: str = "small"  # whisper name (small, large-v3, turbo, ...) or a checkpoint path
+    language: str | None = None  # None detects it
+    fp16: bool = True  # used on GPU only
+    beam_size: int | None = None
+    max_new_tokens: int | None = None  # None keeps whisper's own limit
+    resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=4)
+
+
+class CaptionConfig(_Strict):
+    enabled: bool = True
+    backend: Literal["open_clip", "hf"] = "open_clip"
+    model: str = "coca_ViT-L-14"  # open_clip model name or HF model id / checkpoint directory
+    pretrained: str | None = "mscoco_finetuned_laion2B-s13B-b90k"  # open_clip tag or checkpoint path
+    prompt: str | None = None
+    max_tokens: int = Field(30, ge=1)
+    resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=32)
+
+
+class ClipScoreConfig(_Strict):
+    enabled: bool = True
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=16)
+
+
+class AssignConfig(_Strict):
+    method: Literal["mmc4", "time", "ordered"] = "mmc4"
+    # Weight of the time prior in the "time" and "ordered" methods.
+    time_weight: float = Field(0.2, ge=0)
+    time_scale_s: float = Field(10.0, gt=0)
+    min_similarity: float = Field(0.15, ge=-1, le=1)
+    dedup_similarity: float = Field(0.96, ge=-1, le=1)
+    min_images: int = Field(1, ge=0)
+    min_sentences: int = Field(1, ge=0)
+    max_images: int = Field(32, ge=1)
+
+
+class OutputConfig(_Strict):
+    formats: list[Literal["native", "mmc4", "cosmo"]] = ["native", "mmc4", "cosmo"]
+    # Sources per output group: one Parquet part per table and one tar per format per group.
+    videos_per_shard: int = Field(64, ge=1)
+
+
+class BuildConfig(_Strict):
+    seed: int = 0
+    ray_address: str | None = None
+    download: DownloadConfig = DownloadConfig()
+    scenes: ScenesConfig = ScenesConfig()
+    keyframes: KeyframesConfig = KeyframesConfig()
+    video: VideoStageConfig = VideoStageConfig()
+    asr: AsrConfig = AsrConfig()
+    caption: CaptionConfig = CaptionConfig()
+    clip_score: ClipScoreConfig = ClipScoreConfig()
+    assign: AssignConfig = AssignConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Read YAML (or defaults) and apply dotted overrides like {"asr.model": "tiny"}."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"config {path}" if path else "config"
+        first = exc.errors()[0]
+        field_name = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {field_name}: {first['msg']}") from exc

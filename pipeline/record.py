@@ -1,0 +1,139 @@
+"""The one record that travels through every stage: one source video and everything derived from it.
+
+Records are plain dataclasses so stages stay testable without Ray; the Ray adapter pickles them.
+A failed record keeps travelling (status != "ok") so that the writers give it exactly one `videos` row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Failure kinds recorded in videos.status (anything but OK is a failure).
+OK = "ok"
+INVALID_SOURCE = "invalid_source"
+DOWNLOAD_FAILED = "download_failed"
+TOO_LONG = "too_long"
+TOO_LARGE = "too_large"
+DECODE_FAILED = "decode_failed"
+NO_VIDEO_STREAM = "no_video_stream"
+NO_SCENES = "no_scenes"
+FILTERED = "filtered"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+DISK_FULL = "disk_full"
+ASR_FAILED = "asr_failed"
+CAPTION_FAILED = "caption_failed"
+CLIP_SCORE_FAILED = "clip_score_failed"
+DOCUMENT_FAILED = "document_failed"
+INTERNAL_ERROR = "internal_error"
+
+
+class VideoFailure(Exception):
+    """A failure of one video, with the status kind it is recorded under."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Clip:
+    clip_idx: int
+    start_s: float
+    end_s: float
+    # What opened this clip: "start" (first clip), "cut", "gradual" (fade/dissolve) or "split" (max length).
+    boundary: str = "cut"
+
+
+@dataclass
+class Frame:
+    clip_idx: int
+    frame_idx: int  # index of the keyframe within the video, 0..n-1 in time order
+    t_s: float
+    width: int
+    height: int
+    jpeg: bytes
+    caption: str | None = None
+
+
+@dataclass
+class Segment:
+    seg_idx: int
+    start_s: float
+    end_s: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass
+class Sentence:
+    text: str
+    start_s: float
+    end_s: float
+    source: str  # "caption" or "asr"
+
+
+@dataclass
+class Document:
+    doc_id: str
+    sentences: list[Sentence]
+    # Keyframes kept in the document, as indices into VideoRecord.frames.
+    image_frames: list[int] = field(default_factory=list)
+    # [images][sentences] cosine similarities of the kept images against every sentence.
+    similarity: list[list[float]] = field(default_factory=list)
+    matched_text_index: list[int] = field(default_factory=list)
+    matched_sim: list[float] = field(default_factory=list)
+    assignment: str = "mmc4"
+    n_tokens: int = 0
+
+
+@dataclass
+class VideoRecord:
+    video_id: str
+    source: str
+    source_index: int
+    # "youtube", "url", "local" or "invalid", and what the downloader fetches (URL or absolute path).
+    source_kind: str = "local"
+    locator: str = ""
+    status: str = OK
+    error: str | None = None
+    # Probe metadata.
+    duration_s: float | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    rotation: int | None = None
+    has_audio: bool | None = None
+    video_codec: str | None = None
+    file_size: int | None = None
+    language: str | None = None
+    # Seconds spent per stage, e.g. {"download": 1.2, "decode": 3.4}.
+    timings: dict[str, float] = field(default_factory=dict)
+    # Counts of things filters removed, keyed "dropped_<reason>".
+    counters: dict[str, int] = field(default_factory=dict)
+    clips: list[Clip] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
+    # 16 kHz mono signed 16-bit little-endian PCM; None when the video has no audio.
+    audio_pcm: bytes | None = None
+    transcript: list[Segment] = field(default_factory=list)
+    # clip_idx -> mp4 bytes of that clip (only when the cosmo shard format is on).
+    clip_videos: dict[int, bytes] = field(default_factory=dict)
+    document: Document | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def fail(self, status: str, error: str) -> None:
+        """Record a failure; heavy payloads are dropped, the row itself stays."""
+        self.status = status
+        self.error = error
+        self.audio_pcm = None
+        self.clip_videos = {}
+        self.document = None
+
+    def count(self, reason: str, n: int = 1) -> None:
+        if n:
+            key = f"dropped_{reason}"
+            self.counters[key] = self.counters.get(key, 0) + n

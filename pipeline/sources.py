@@ -1,0 +1,183 @@
+"""Reading sources: text files of YouTube ids / URLs / paths, CSV or Parquet tables, local video files.
+
+Every line that is not blank or a comment becomes exactly one SourceRow; a line that is not a usable
+source becomes a row with an error (recorded as status invalid_source), never an exception.
+Duplicates (same video_id) are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+YOUTUBE_HOSTS = {"youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com", "youtu.be"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg", ".wmv", ".3gp"}
+# Never plausible in a source; rejected so that nothing shell-like travels further, even though
+# no source ever reaches a shell (subprocesses always get argument lists).
+SHELL_MARKERS = ("$(", "`", ";", "|", "&&", "\n", "\r", "\x00")
+
+
+class SourceError(Exception):
+    """The source file itself is unusable (missing, unreadable, no usable column)."""
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    video_id: str  # sanitized key: [A-Za-z0-9_-] only, safe for file and tar member names
+    source: str  # the line as given (decoded leniently)
+    source_index: int
+    kind: str  # "youtube", "url", "local" or "invalid"
+    locator: str  # what the downloader fetches: a URL or an absolute path ("" when invalid)
+    error: str | None = None
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A readable, safe key fragment: ASCII letters, digits, '_' and '-' only."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text).strip("_-")
+    return cleaned[:max_len] or "video"
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
+def _youtube_id_from_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host not in YOUTUBE_HOSTS:
+        return None
+    if host == "youtu.be":
+        candidate = parts.path.lstrip("/").split("/")[0]
+    elif parts.path.startswith(("/shorts/", "/embed/", "/live/")):
+        candidate = parts.path.split("/")[2]
+    else:
+        candidate = (parse_qs(parts.query).get("v") or [""])[0]
+    return candidate if YOUTUBE_ID.match(candidate) else None
+
+
+def classify(value: str, index: int, base_dir: Path | None = None) -> SourceRow:
+    """Turn one source value into a row; never raises."""
+    text = value.strip()
+
+    def invalid(reason: str) -> SourceRow:
+        return _invalid_row(text, index, f"invalid source line {index + 1}: {reason}")
+
+    if any(marker in text for marker in SHELL_MARKERS):
+        return invalid("contains shell metacharacters; expected a YouTube id, an http(s) URL or a video file path")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        return invalid("contains control characters")
+    if YOUTUBE_ID.match(text):
+        return SourceRow(text, text, index, "youtube", f"https://www.youtube.com/watch?v={text}")
+    if text.startswith("-"):
+        return invalid("starts with '-' but is not a YouTube id (options are never taken from sources)")
+    lowered = text.lower()
+    if lowered.startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        if not parts.hostname or " " in text or any(ch in text for ch in "<>\"'\\{}"):
+            return invalid("malformed URL")
+        youtube_id = _youtube_id_from_url(text)
+        if youtube_id:
+            return SourceRow(youtube_id, text, index, "youtube", f"https://www.youtube.com/watch?v={youtube_id}")
+        name = PurePosixPath(parts.path).stem or parts.hostname
+        return SourceRow(f"{slug(name)}-{short_hash(text)}", text, index, "url", text)
+    if "://" in text and not lowered.startswith("file://"):
+        return invalid(f"unsupported URL scheme {text.split('://', 1)[0]!r}")
+    path_text = text[len("file://") :] if lowered.startswith("file://") else text
+    path = Path(path_text)
+    if ".." in path.parts:
+        return invalid("path traversal ('..') is not allowed in source paths")
+    if "/" not in path_text and path.suffix.lower() not in VIDEO_SUFFIXES:
+        return invalid("not a YouTube id, an http(s) URL or a video file path")
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    absolute = str(path.absolute())
+    return SourceRow(f"{slug(path.stem)}-{short_hash(absolute)}", text, index, "local", absolute)
+
+
+def _dedupe(rows: list[SourceRow]) -> list[SourceRow]:
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row.video_id in seen:
+            continue
+        seen.add(row.video_id)
+        unique.append(row)
+    return unique
+
+
+def _rows_from_text(path: Path) -> list[SourceRow]:
+    rows = []
+    index = 0
+    for raw in path.read_bytes().splitlines():
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = raw.decode("utf-8", "backslashreplace").strip()
+            reason = f"invalid source line {index + 1}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            rows.append(_invalid_row(text, index, reason))
+            index += 1
+            continue
+        stripped = line.strip().lstrip("\ufeff")
+        if not stripped or stripped.startswith("#"):
+            continue
+        rows.append(classify(stripped, index, path.parent))
+        index += 1
+    return rows
+
+
+def _rows_from_table(path: Path) -> list[SourceRow]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str)
+    except Exception as exc:
+        raise SourceError(f"cannot read source table {path}: {exc}") from exc
+    column = next((c for c in ("url", "video_id", "path") if c in frame.columns), None)
+    if column is None:
+        raise SourceError(f"source table {path} needs a 'video_id', 'url' or 'path' column; it has {list(frame.columns)}")
+    rows = []
+    for index, value in enumerate(frame[column].tolist()):
+        if value is None or (isinstance(value, float) and value != value):
+            rows.append(_invalid_row("", index, f"invalid source row {index + 1}: empty {column}"))
+            continue
+        rows.append(classify(str(value), index, path.parent))
+    return rows
+
+
+def read_sources(paths: list[Path]) -> list[SourceRow]:
+    """Read every source given on the command line, in order, numbering rows across them."""
+    rows: list[SourceRow] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise SourceError(f"source {path} does not exist")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+            part = [classify(str(p), i) for i, p in enumerate(found)]
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            part = [classify(str(path.absolute()), 0)]
+        elif path.suffix.lower() in (".csv", ".parquet"):
+            part = _rows_from_table(path)
+        else:
+            try:
+                part = _rows_from_text(path)
+            except OSError as exc:
+                raise SourceError(f"cannot read source {path}: {exc.strerror or exc}") from exc
+        offset = len(rows)
+        rows.extend(_renumber(row, offset + row.source_index) for row in part)
+    return [_renumber(row, i) for i, row in enumerate(_dedupe(rows))]
+
+
+def _renumber(row: SourceRow, index: int) -> SourceRow:
+    return SourceRow(row.video_id, row.source, index, row.kind, row.locator, row.error)
+
+
+def _invalid_row(text: str, index: int, error: str) -> SourceRow:
+    # Keyed by content, so a repeated bad line is one row like any other duplicate.
+    return SourceRow(f"invalid-{short_hash(text)}", text, index, "invalid", "", error)

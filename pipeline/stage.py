@@ -1,0 +1,68 @@
+"""The stage contract: plain classes with declared resources. Stages never import ray."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cosmo_data.pipeline.record import INTERNAL_ERROR, VideoFailure, VideoRecord
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    # Number of parallel workers (Ray actors) running this stage.
+    concurrency: int = 1
+
+
+class Stage(Protocol):
+    name: str
+    resources: Resources
+    batch_size: int
+
+    def setup(self) -> None:
+        """Load models once per worker."""
+
+    def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
+        """Return the batch, each record updated or marked failed. Never raises for one bad video."""
+
+
+def process_each(
+    batch: list[VideoRecord],
+    fn: Callable[[VideoRecord], None],
+    *,
+    stage: str,
+    failure_status: str,
+) -> list[VideoRecord]:
+    """Apply fn to every ok record, turning its exceptions into recorded failures.
+
+    A VideoFailure keeps its own status; any other exception is recorded under failure_status
+    with its message, so one bad video never fails the block or the job.
+    """
+    for record in batch:
+        if not record.ok:
+            continue
+        started = time.perf_counter()
+        try:
+            fn(record)
+        except VideoFailure as failure:
+            record.fail(failure.status, failure.message)
+        except MemoryError:
+            record.fail(failure_status, f"{stage}: out of memory")
+        except Exception as exc:  # errors are data: the record carries the real message on
+            record.fail(failure_status or INTERNAL_ERROR, describe_exception(exc))
+        finally:
+            record.timings[stage] = record.timings.get(stage, 0.0) + time.perf_counter() - started
+    return batch
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line 'Type: message' plus the innermost frame, enough to act on without a log dive."""
+    message = str(exc).strip() or repr(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {message}{where}"
