@@ -1,0 +1,27 @@
+# The README's two commands are `make demo` and `make test`; both install what they need first.
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cosmo-data demo --out demo-out
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench_video.py --out bench/results/video.json
+	$(VENV)/bin/python bench/bench_models.py --out bench/results/models.json
+
+clean:
+	rm -rf demo-out bench/results .pytest_cache

@@ -1,0 +1,181 @@
+"""The `cosmo-data` command line. Thin: parse options, call the library, map domain errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+from cosmo_data.pipeline.config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Build interleaved video-text pretraining corpora from raw videos.")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TINY_CONFIG = PACKAGE_DIR / "configs" / "tiny.yaml"
+
+USAGE_EXIT = 2
+
+
+def fail(message: str, code: int = USAGE_EXIT) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. asr.model=small), got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@app.command()
+def build(
+    source: Annotated[list[Path], typer.Option("--source", "-s", help="ids/URLs text file, CSV/Parquet, video file or folder; repeatable")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (resumes a build already there)")] = Path("corpus"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="join a Ray cluster ('auto' or host:port)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed recorded with the build")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")] = [],
+) -> None:
+    """Download, cut, transcribe, caption, score and interleave videos into a corpus under --out."""
+    from cosmo_data.pipeline.build import BuildError, build as run_build
+    from cosmo_data.pipeline.ray_runner import RayConnectionError
+    from cosmo_data.pipeline.sources import SourceError
+
+    try:
+        overrides = parse_overrides(set_) | {"ray_address": ray_address, "seed": seed}
+        settings = load_config(config, overrides)
+        result = run_build(source, out, settings)
+    except (ConfigError, SourceError, BuildError, RayConnectionError) as exc:
+        raise fail(str(exc))
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(result.failures.items())) or "none"
+    typer.echo(
+        f"\nbuilt {result.ok}/{result.sources} videos in {result.wall_s:.1f}s "
+        f"({result.groups_written} groups written, {result.groups_resumed} resumed); failures: {failures}\n"
+        f"corpus: {out.resolve()}\n"
+        f"  tables: {out}/<videos|clips|frames|transcripts|documents>/*.parquet\n"
+        f"  shards: {out}/shards/<{'|'.join(settings.output.formats)}>/*.tar\n"
+        f"next: cosmo-data stats {out}   cosmo-data preview {out} --out preview.html   cosmo-data validate {out}"
+    )
+
+
+@app.command()
+def stats(
+    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Dataset statistics (DuckDB over the Parquet tables)."""
+    from cosmo_data.pipeline.query import QueryError
+    from cosmo_data.pipeline.stats import compute_stats, format_stats
+
+    _require_corpus(out)
+    try:
+        numbers = compute_stats(out)
+    except QueryError as exc:
+        raise fail(str(exc), 1)
+    typer.echo(json.dumps(numbers, indent=2, sort_keys=True) if as_json else format_stats(numbers))
+
+
+@app.command()
+def query(
+    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    sql: Annotated[str, typer.Argument(help="SQL over the views videos, clips, frames, transcripts, documents")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
+) -> None:
+    """Run SQL over the corpus tables."""
+    from cosmo_data.pipeline.query import QueryError, run_query
+
+    _require_corpus(out)
+    if fmt not in ("table", "csv", "json"):
+        raise fail(f"--format must be table, csv or json, not {fmt!r}")
+    try:
+        typer.echo(run_query(out, sql, fmt))
+    except QueryError as exc:
+        raise fail(str(exc), 1)
+
+
+@app.command()
+def preview(
+    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    html: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path("preview.html"),
+    n: Annotated[int, typer.Option("--n", help="documents to show")] = 20,
+    where: Annotated[Optional[str], typer.Option(help="SQL condition over videos, e.g. \"language = 'en'\"")] = None,
+) -> None:
+    """Write one self-contained HTML page showing documents with their keyframes inline."""
+    from cosmo_data.pipeline.preview import write_preview
+    from cosmo_data.pipeline.query import QueryError
+
+    _require_corpus(out)
+    try:
+        result = write_preview(out, html, n=n, where=where)
+    except QueryError as exc:
+        raise fail(str(exc), 1)
+    typer.echo(f"wrote {html} ({result})")
+
+
+@app.command()
+def validate(out: Annotated[Path, typer.Argument(help="a built corpus")]) -> None:
+    """Check shards, sizes.json and tables against the schemas and each other."""
+    from cosmo_data.pipeline.validate import format_report, validate as run_validate
+
+    _require_corpus(out)
+    report = run_validate(out)
+    typer.echo(format_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config naming the models")] = None,
+) -> None:
+    """Download the configured models' real weights ahead of time (for clusters without internet)."""
+    from cosmo_data.stages.models import ModelError, download_models
+
+    try:
+        fetched = download_models(load_config(config))
+    except (ConfigError, ModelError) as exc:
+        raise fail(str(exc), 1)
+    for line in fetched:
+        typer.echo(line)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where the demo corpus goes")] = Path("demo-out"),
+) -> None:
+    """Generate sample videos and build a corpus from them offline with tiny models, then print its stats."""
+    from cosmo_data.pipeline.build import build as run_build
+    from cosmo_data.pipeline.samples import make_demo_videos
+    from cosmo_data.pipeline.stats import compute_stats, format_stats
+
+    videos = make_demo_videos(out / "_samples")
+    source = out / "_samples" / "sources.txt"
+    source.write_text("".join(f"{v.resolve()}\n" for v in videos), encoding="utf-8")
+    result = run_build([source], out / "corpus", load_config(TINY_CONFIG))
+    typer.echo(f"\ndemo corpus: {result.out.resolve()}  ({result.ok}/{result.sources} videos ok)\n")
+    typer.echo(format_stats(compute_stats(result.out)))
+
+
+def _require_corpus(out: Path) -> None:
+    if not (out / "videos").is_dir():
+        raise fail(f"{out} is not a built corpus (no videos/ table); run cosmo-data build first")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

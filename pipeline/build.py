@@ -1,0 +1,169 @@
+"""`cosmo-data build`: sources in, Parquet tables and shards out, resumable group by group."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cosmo_data.pipeline.config import BuildConfig
+from cosmo_data.pipeline.progress import Progress
+from cosmo_data.pipeline.ray_runner import run_stages
+from cosmo_data.pipeline.record import INVALID_SOURCE, VideoRecord
+from cosmo_data.pipeline.sources import SourceRow, read_sources
+from cosmo_data.pipeline.stage import Stage
+from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
+
+
+class BuildError(Exception):
+    """The build cannot start or cannot finish; the CLI prints the message as one line."""
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    sources: int
+    ok: int
+    failures: dict[str, int] = field(default_factory=dict)
+    groups_written: int = 0
+    groups_resumed: int = 0
+    wall_s: float = 0.0
+
+
+def make_stages(config: BuildConfig) -> list[Stage]:
+    # Imported here so that `cosmo-data stats` and friends never pay for torch.
+    from cosmo_data.stages.asr import AsrStage
+    from cosmo_data.stages.assign import AssignStage
+    from cosmo_data.stages.caption import CaptionStage
+    from cosmo_data.stages.clip_score import ClipScoreStage
+    from cosmo_data.stages.document import DocumentStage
+    from cosmo_data.stages.video import VideoStage
+
+    stages: list[Stage] = [VideoStage(config)]
+    if config.asr.enabled:
+        stages.append(AsrStage(config))
+    if config.caption.enabled:
+        stages.append(CaptionStage(config))
+    stages.append(DocumentStage(config))
+    if config.clip_score.enabled:
+        stages.append(ClipScoreStage(config))
+    stages.append(AssignStage(config))
+    return stages
+
+
+def build_fingerprint(rows: list[SourceRow], config: BuildConfig) -> str:
+    """What decides the output: the sources and every setting except where and how wide it runs."""
+    settings = config.model_dump(mode="json", exclude={"ray_address"})
+    for section in settings.values():
+        if isinstance(section, dict):
+            section.pop("resources", None)
+    payload = json.dumps({"sources": [r.video_id for r in rows], "config": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _check_resume(out: Path, fingerprint: str, rows: list[SourceRow], config: BuildConfig) -> None:
+    run_file = out / STATE_DIR / "run.json"
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous.get("fingerprint") != fingerprint:
+            raise BuildError(
+                f"{out} holds a build of other sources or settings; resume needs the same sources and "
+                "config, or choose a new --out"
+            )
+        return
+    atomic_write_json(
+        run_file,
+        {"fingerprint": fingerprint, "sources": len(rows), "seed": config.seed,
+         "config": config.model_dump(mode="json")},
+    )
+
+
+def _record_for(row: SourceRow) -> VideoRecord:
+    record = VideoRecord(row.video_id, row.source, row.source_index, source_kind=row.kind, locator=row.locator)
+    if row.error:
+        record.fail(INVALID_SOURCE, row.error)
+    return record
+
+
+def build(
+    source_paths: list[Path],
+    out: Path,
+    config: BuildConfig,
+    *,
+    progress: Progress | None = None,
+    stages_factory: Callable[[BuildConfig], list[Stage]] = make_stages,
+) -> BuildResult:
+    started = time.perf_counter()
+    rows = read_sources(source_paths)
+    if not rows:
+        raise BuildError("the sources hold no video: every line was blank or a comment")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, build_fingerprint(rows, config), rows, config)
+    writer = CorpusWriter(out, config.output.formats)
+    writer.recover()
+
+    per_group = config.output.videos_per_shard
+    done = writer.done_groups()
+    pending: dict[int, dict[int, VideoRecord | None]] = {}
+    for row in rows:
+        group = row.source_index // per_group
+        if group not in done:
+            pending.setdefault(group, {})[row.source_index] = None
+    progress = progress or Progress(total=len(rows))
+    progress.resumed(sum(1 for r in rows if r.source_index // per_group in done))
+    written = 0
+
+    def on_record(record: VideoRecord) -> None:
+        nonlocal written
+        group = record.source_index // per_group
+        members = pending[group]
+        members[record.source_index] = record
+        progress.record_done(record)
+        if all(m is not None for m in members.values()):
+            free_gb = shutil.disk_usage(out).free / 1e9
+            if free_gb < config.video.min_free_disk_gb:
+                raise BuildError(f"only {free_gb:.2f} GB free under {out}; stopped before writing (resume later)")
+            writer.write_group(group, list(members.values()))
+            del pending[group]
+            written += 1
+            progress.group_written(group)
+
+    to_process = []
+    for group_members in list(pending.values()):
+        for index in list(group_members):
+            record = _record_for(rows[index])
+            if record.ok:
+                to_process.append(record)
+            else:
+                on_record(record)
+    if to_process:
+        run_stages(to_process, stages_factory(config), address=config.ray_address, on_record=on_record)
+    if pending:
+        missing = sum(1 for members in pending.values() for m in members.values() if m is None)
+        raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")
+
+    summaries = writer.group_summaries()
+    result = BuildResult(
+        out=out,
+        sources=len(rows),
+        ok=sum(s.ok for s in summaries),
+        groups_written=written,
+        groups_resumed=len(done),
+        wall_s=time.perf_counter() - started,
+    )
+    for summary in summaries:
+        for status, n in summary.failures.items():
+            result.failures[status] = result.failures.get(status, 0) + n
+    atomic_write_json(
+        out / "build.json",
+        {"sources": result.sources, "ok": result.ok, "failures": result.failures,
+         "groups_written": written, "groups_resumed": len(done), "wall_s": round(result.wall_s, 3),
+         "formats": config.output.formats, "seed": config.seed},
+    )
+    progress.finish(result)
+    return result
+
