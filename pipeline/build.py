@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.progress import Progress
-from cosmo_data.pipeline.ray_runner import run_stages
+from cosmo_data.pipeline.ray_runner import check_ray_address, run_stages
 from cosmo_data.pipeline.record import INVALID_SOURCE, VideoRecord
 from cosmo_data.pipeline.sources import SourceRow, read_sources
 from cosmo_data.pipeline.stage import Stage
@@ -99,6 +99,8 @@ def build(
 ) -> BuildResult:
     started = time.perf_counter()
     rows = read_sources(source_paths)
+    if config.ray_address:
+        check_ray_address(config.ray_address)
     if not rows:
         raise BuildError("the sources hold no video: every line was blank or a comment")
     out.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,11 @@ class AssignConfig(_Strict):
     min_images: int = Field(1, ge=0)
     min_sentences: int = Field(1, ge=0)
     max_images: int = Field(32, ge=1)
+    # Near-duplicate keyframes: dedup_similarity above compares 16x16 RGB thumbnails of the JPEGs,
+    # 1 - mean absolute difference / 255 (the CLIP image embeddings are not kept on the record).
+    resources: StageResourcesConfig = StageResourcesConfig(batch_size=8)
+    # The DocumentStage (sentences from captions and speech) runs just before; CPU only, cheap.
+    document_resources: StageResourcesConfig = StageResourcesConfig(batch_size=8)
 
 
 class OutputConfig(_Strict):

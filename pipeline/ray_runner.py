@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Callable, Iterable
 
 from cosmo_data.pipeline.record import VideoRecord
@@ -39,6 +40,8 @@ def start_ray(address: str | None, stages: list[Stage]) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's C++ core logs harmless warnings to the console; the build shows its own progress instead.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address:
         try:
@@ -49,7 +52,21 @@ def start_ray(address: str | None, stages: list[Stage]) -> None:
     # Embedded Ray: logical CPUs are scheduling tokens; give every declared actor pool a slot so a
     # small machine runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
     wanted = sum(s.resources.cpus * s.resources.concurrency for s in stages) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), **quiet)
+    # Embedded Ray stays on loopback.
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), _node_ip_address="127.0.0.1", **quiet)
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line: ray.init itself retries an unreachable GCS for minutes."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectionError(f"--ray-address must be 'auto', host:port or ray://host:port, not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayConnectionError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from exc
 
 
 def run_stages(
@@ -70,7 +87,7 @@ def run_stages(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
 
     # One video per block: videos are heavy and independent, so they spread over the pool at once.
@@ -80,7 +97,7 @@ def run_stages(
             _StageWorker,
             fn_constructor_args=(stage,),
             batch_size=stage.batch_size,
-            concurrency=stage.resources.concurrency,
+            compute=ray.data.ActorPoolStrategy(size=stage.resources.concurrency),
             num_cpus=stage.resources.cpus,
             # CPU fallback: a stage that asks for a GPU runs on CPU where the cluster has none.
             num_gpus=stage.resources.gpus if gpus_available else 0,

@@ -1,0 +1,339 @@
+"""Generated test and demo media with known ground truth (shot boundaries, spoken sentences).
+
+Every video is built by one ffmpeg call (argument lists, never a shell) from lavfi sources that move
+(zooms, pans, cellular automata, scrolling patterns), so scene detection has to tell motion from
+transitions. Shots are joined by hard cuts, 1 s dissolves (xfade), 1 s fades through black (fade
+out + fade in) or xfade's fadeblack. Speech is espeak-ng placed at known times. The ground truth is
+written as JSON next to the video (`<name>.<ext>.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TRANSITION_S = 1.0
+CUT = "cut"
+DISSOLVE = "dissolve"
+FADE = "fade"  # fade out to black then fade in, half the transition each
+FADEBLACK = "fadeblack"  # xfade's fadeblack
+TRANSITIONS = (CUT, DISSOLVE, FADE, FADEBLACK)
+AUDIO_RATE = 22050
+
+# Visually distinct sources, each with motion. {w}x{h}, {fps} and {seed} are filled per shot.
+SHOT_SOURCES = (
+    "testsrc2=size={w}x{h}:rate={fps}",
+    "mandelbrot=size={w}x{h}:rate={fps}:maxiter=256:end_scale=0.05",
+    "life=size={w}x{h}:rate={fps}:mold=10:seed={seed}:ratio=0.3:life_color=#40ff90:death_color=#702040",
+    "testsrc=size={w2}x{h2}:rate={fps},crop={w}:{h}:x='t*{w}/8':y='t*{h}/16'",
+    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed={seed}",
+    "smptehdbars=size={w}x{h}:rate={fps},hue=h=t*40",
+    "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}:random_fill_ratio=0.4,"
+    "colorchannelmixer=rr=0.2:gg=0.8:bb=1",
+    "color=c=0x203050:size={w}x{h}:rate={fps},"
+    "drawbox=x='mod(t*{w}/3,{w})':y='{h}/3+{h}/6*sin(t*3)':w={w}/4:h={h}/4:color=orange:t=fill",
+)
+
+
+@dataclass
+class TruthBoundary:
+    t_s: float
+    kind: str  # "cut" or "gradual", as scene detection labels them
+    transition: str  # one of TRANSITIONS
+
+
+@dataclass
+class SpokenSentence:
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class GroundTruth:
+    path: str
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    boundaries: list[TruthBoundary] = field(default_factory=list)
+    speech: list[SpokenSentence] = field(default_factory=list)
+
+    def save(self) -> Path:
+        target = ground_truth_path(Path(self.path))
+        target.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, video_path: Path) -> GroundTruth:
+        data = json.loads(ground_truth_path(video_path).read_text(encoding="utf-8"))
+        data["boundaries"] = [TruthBoundary(**b) for b in data["boundaries"]]
+        data["speech"] = [SpokenSentence(**s) for s in data["speech"]]
+        return cls(**data)
+
+
+def ground_truth_path(video_path: Path) -> Path:
+    return video_path.with_name(video_path.name + ".json")
+
+
+def run_ffmpeg(args: list[str]) -> None:
+    """Run ffmpeg quietly; on failure raise with ffmpeg's own last lines."""
+    result = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y", *args], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed: {result.stderr.strip()[-2000:]}")
+
+
+def make_sample_video(
+    path: Path,
+    *,
+    segments: list[float],
+    transitions: list[str],
+    size: tuple[int, int] = (320, 240),
+    fps: float = 25,
+    speech: list[str] | None = None,
+    audio: bool = True,
+    seed: int = 0,
+    speech_start_s: float = 0.5,
+    speech_gap_s: float = 0.8,
+    keyframe_interval_s: float = 2.0,
+) -> GroundTruth:
+    """Write a video of shots (`segments` = shot lengths in seconds) joined by `transitions`.
+
+    Gradual transitions last TRANSITION_S; a dissolve or fadeblack overlaps the two shots, so the
+    video is shorter than sum(segments) by TRANSITION_S per overlap. The container and codecs follow
+    the suffix (.mp4/.mov/.mkv: H.264 + AAC, .webm: VP8 + Opus). Returns (and saves) the ground truth.
+    """
+    if len(transitions) != len(segments) - 1:
+        raise ValueError("need exactly one transition between each pair of segments")
+    unknown = set(transitions) - set(TRANSITIONS)
+    if unknown:
+        raise ValueError(f"unknown transitions {sorted(unknown)}; use {TRANSITIONS}")
+    _check_segment_lengths(segments, transitions)
+    width, height = size
+    video_graph, boundaries, duration = _video_graph(segments, transitions, width, height, fps, seed)
+
+    with tempfile.TemporaryDirectory(prefix="cosmo_sample_") as scratch:
+        spoken, speech_inputs = [], []
+        if audio and speech:
+            spoken, speech_inputs = _speak(speech, Path(scratch), speech_start_s, speech_gap_s, duration)
+        inputs: list[str] = []
+        for wav in speech_inputs:
+            inputs += ["-i", str(wav)]
+        graph = [video_graph]
+        maps = ["-map", "[video]"]
+        if audio:
+            graph.append(_audio_graph(spoken, duration))
+            maps += ["-map", "[audio]"]
+        run_ffmpeg(
+            [*inputs, "-filter_complex", ";".join(graph), *maps, "-t", f"{duration:.3f}",
+             *_codec_args(path, fps, keyframe_interval_s, audio), str(path)]
+        )
+
+    truth = GroundTruth(
+        path=str(path), duration_s=round(duration, 3), fps=float(fps), width=width, height=height,
+        has_audio=audio, boundaries=boundaries, speech=spoken,
+    )
+    truth.save()
+    return truth
+
+
+def _check_segment_lengths(segments: list[float], transitions: list[str]) -> None:
+    for index, length in enumerate(segments):
+        # Each neighbouring gradual transition eats TRANSITION_S (or half of it for a fade).
+        neighbours = [transitions[i] for i in (index - 1, index) if 0 <= i < len(transitions)]
+        used = sum(TRANSITION_S if t in (DISSOLVE, FADEBLACK) else TRANSITION_S / 2 if t == FADE else 0
+                   for t in neighbours)
+        if length < used + 0.5:
+            raise ValueError(f"segment {index} ({length} s) is too short for its transitions")
+
+
+def _shot_source(index: int, width: int, height: int, fps: float, seed: int) -> str:
+    template = SHOT_SOURCES[(index + seed) % len(SHOT_SOURCES)]
+    return template.format(w=width, h=height, w2=2 * width, h2=2 * height, fps=fps, seed=seed * 101 + index)
+
+
+def _video_graph(
+    segments: list[float], transitions: list[str], width: int, height: int, fps: float, seed: int
+) -> tuple[str, list[TruthBoundary], float]:
+    """Filter graph producing [video], the ground-truth boundaries and the total duration."""
+    chains: list[str] = []
+    for index, length in enumerate(segments):
+        fades = []
+        if index > 0 and transitions[index - 1] == FADE:
+            fades.append(f"fade=t=in:st=0:d={TRANSITION_S / 2}")
+        if index < len(transitions) and transitions[index] == FADE:
+            fades.append(f"fade=t=out:st={length - TRANSITION_S / 2}:d={TRANSITION_S / 2}")
+        # A hue turn per shot keeps repeated source kinds apart; format/fps/timebase let xfade join them.
+        steps = [
+            _shot_source(index, width, height, fps, seed),
+            f"trim=duration={length}", "setpts=PTS-STARTPTS", f"hue=h={(index * 67 + seed * 29) % 360}",
+            "format=yuv420p", "setsar=1", f"fps={fps}", "settb=AVTB", *fades,
+        ]
+        chains.append(",".join(steps) + f"[s{index}]")
+
+    boundaries: list[TruthBoundary] = []
+    current, length_so_far = "s0", segments[0]
+    for index, transition in enumerate(transitions, start=1):
+        joined = f"j{index}"
+        if transition in (CUT, FADE):
+            chains.append(f"[{current}][s{index}]concat=n=2:v=1:a=0[{joined}]")
+            boundaries.append(TruthBoundary(round(length_so_far, 3), "cut" if transition == CUT else "gradual",
+                                            transition))
+            length_so_far += segments[index]
+        else:
+            offset = length_so_far - TRANSITION_S
+            kind = "fade" if transition == DISSOLVE else "fadeblack"
+            chains.append(f"[{current}][s{index}]xfade=transition={kind}:duration={TRANSITION_S}"
+                          f":offset={offset:.3f}[{joined}]")
+            boundaries.append(TruthBoundary(round(offset + TRANSITION_S / 2, 3), "gradual", transition))
+            length_so_far += segments[index] - TRANSITION_S
+        current = joined
+    chains.append(f"[{current}]null[video]")
+    return ";".join(chains), boundaries, length_so_far
+
+
+def _speak(
+    sentences: list[str], scratch: Path, start_s: float, gap_s: float, duration: float
+) -> tuple[list[SpokenSentence], list[Path]]:
+    """espeak-ng each sentence to a wav and lay them out one after another from start_s."""
+    spoken: list[SpokenSentence] = []
+    wavs: list[Path] = []
+    at = start_s
+    for index, text in enumerate(sentences):
+        wav = scratch / f"sentence_{index}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "--", text],
+                       check=True, capture_output=True)
+        with wave.open(str(wav)) as handle:
+            length = handle.getnframes() / handle.getframerate()
+        if at + length > duration:
+            raise ValueError(f"speech does not fit: sentence {index} would end at {at + length:.1f} s "
+                             f"of a {duration:.1f} s video")
+        spoken.append(SpokenSentence(text, round(at, 3), round(at + length, 3)))
+        wavs.append(wav)
+        at += length + gap_s
+    return spoken, wavs
+
+
+def _audio_graph(spoken: list[SpokenSentence], duration: float) -> str:
+    """[audio]: the sentences at their start times over silence, or a quiet tone without speech."""
+    if not spoken:
+        return (f"sine=frequency=440:sample_rate={AUDIO_RATE},volume=0.2,"
+                f"atrim=duration={duration:.3f},aformat=channel_layouts=mono[audio]")
+    parts = [f"anullsrc=r={AUDIO_RATE}:cl=mono,atrim=duration={duration:.3f}[silence]"]
+    labels = ["[silence]"]
+    for index, sentence in enumerate(spoken):
+        delay_ms = round(sentence.start_s * 1000)
+        parts.append(f"[{index}:a]aresample={AUDIO_RATE},aformat=channel_layouts=mono,"
+                     f"adelay=delays={delay_ms}:all=1[speech{index}]")
+        labels.append(f"[speech{index}]")
+    parts.append(f"{''.join(labels)}amix=inputs={len(labels)}:duration=first:normalize=0[audio]")
+    return ";".join(parts)
+
+
+def _codec_args(path: Path, fps: float, keyframe_interval_s: float, audio: bool) -> list[str]:
+    gop = ["-g", str(max(1, round(fps * keyframe_interval_s)))]
+    suffix = path.suffix.lower()
+    if suffix == ".webm":
+        video = ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "600k", *gop]
+        sound = ["-c:a", "libopus", "-b:a", "48k"]
+    else:
+        video = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p", *gop]
+        sound = ["-c:a", "aac", "-b:a", "64k"]
+    container = ["-movflags", "+faststart"] if suffix in (".mp4", ".mov", ".m4v") else []
+    return [*video, *(sound if audio else ["-an"]), *container]
+
+
+# Odd media for tests -----------------------------------------------------------------------------
+
+
+def make_audio_only(path: Path, duration_s: float = 2.0) -> Path:
+    """An audio file with no video stream (the codec follows the suffix: .m4a/.mp4 AAC, .wav PCM)."""
+    codec = ["-c:a", "pcm_s16le"] if path.suffix.lower() == ".wav" else ["-c:a", "aac", "-b:a", "64k"]
+    run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate={AUDIO_RATE}:duration={duration_s}",
+                *codec, str(path)])
+    return path
+
+
+def make_single_frame_video(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
+    run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=25", "-frames:v", "1",
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+    return path
+
+
+def make_rotated_copy(source: Path, target: Path, rotation: int) -> Path:
+    """Stream-copy `source` with a display matrix asking players to turn it by `rotation` degrees."""
+    run_ffmpeg(["-i", str(source), "-c", "copy", "-metadata:s:v:0", f"rotate={rotation}", str(target)])
+    return target
+
+
+def make_vfr_video(path: Path, size: tuple[int, int] = (160, 120), duration_s: float = 3.0) -> Path:
+    """Variable frame rate: 30 fps for the first second, then every third frame (10 fps)."""
+    run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=30:duration={duration_s}",
+                "-vf", "select='lt(t\\,1)+not(mod(n\\,3))'", "-fps_mode", "vfr",
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+    return path
+
+
+def truncate_copy(source: Path, target: Path, keep_fraction: float) -> Path:
+    """The first `keep_fraction` of source's bytes, like an interrupted download."""
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep_fraction)])
+    return target
+
+
+# Demo videos -------------------------------------------------------------------------------------
+
+DEMO_SCRIPTS: tuple[dict, ...] = (
+    {
+        "name": "demo_kitchen.mp4",
+        "segments": [4.5, 5.0, 4.0, 5.5],
+        "transitions": [CUT, DISSOLVE, CUT],
+        "speech": [
+            "First, wash the vegetables under cold water.",
+            "Next, chop the onions into small pieces.",
+            "Heat a little oil in a large pan.",
+            "Finally, add the onions and stir for five minutes.",
+        ],
+    },
+    {
+        "name": "demo_garden.mp4",
+        "segments": [5.0, 4.0, 5.0, 4.0, 4.5],
+        "transitions": [FADE, CUT, DISSOLVE, CUT],
+        "speech": [
+            "Choose a sunny spot for the flower bed.",
+            "Dig the soil about twenty centimeters deep.",
+            "Plant the seeds in straight rows.",
+            "Water them gently every morning.",
+        ],
+    },
+    {
+        "name": "demo_bicycle.mp4",
+        "segments": [5.5, 5.0, 5.0, 5.5],
+        "transitions": [DISSOLVE, CUT, FADEBLACK],
+        "speech": [
+            "Turn the bicycle upside down.",
+            "Remove the wheel by opening the quick release lever.",
+            "Find the hole in the inner tube and patch it.",
+            "Put the wheel back and pump up the tyre.",
+        ],
+    },
+)
+
+
+def make_demo_videos(directory: Path) -> list[Path]:
+    """Three short (~16-22 s, 320x240, 25 fps) how-to style videos with speech and ground truth."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, script in enumerate(DEMO_SCRIPTS):
+        path = directory / script["name"]
+        make_sample_video(path, segments=script["segments"], transitions=script["transitions"],
+                          speech=script["speech"], seed=seed)
+        paths.append(path)
+    return paths

@@ -1,0 +1,155 @@
+"""Corpus statistics, computed by DuckDB over the Parquet views of a build (see query.connect).
+
+Video-level numbers (hours, clips, languages) count ok videos only; time per stage and failures
+count every video, since failed videos cost time too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cosmo_data.pipeline.query import QueryError, connect
+
+SENTENCE_SOURCES = ("caption", "asr")
+
+
+def _one(connection: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    return connection.execute(sql).fetchone()[0]
+
+
+def _pairs(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    return {str(key): value for key, value in connection.execute(sql).fetchall()}
+
+
+def _map_totals(connection: duckdb.DuckDBPyConnection, column: str) -> list[tuple[str, float, float, int]]:
+    """(key, sum, mean, videos having the key) over the entries of a MAP column of videos."""
+    return connection.execute(
+        f"""
+        WITH entries AS (
+            SELECT unnest(map_keys({column})) AS key, unnest(map_values({column})) AS value FROM videos
+        )
+        SELECT key, sum(value), avg(value), count(*) FROM entries GROUP BY key ORDER BY sum(value) DESC, key
+        """
+    ).fetchall()
+
+
+def compute_stats(out: Path) -> dict[str, Any]:
+    """Every number of the stats report; averages are None when there is nothing to average."""
+    connection = connect(out)
+    try:
+        return _compute(connection)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from exc
+    finally:
+        connection.close()
+
+
+def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    connection.execute("CREATE TEMP VIEW ok_videos AS SELECT * FROM videos WHERE status = 'ok'")
+    connection.execute(
+        "CREATE TEMP VIEW ok_clips AS SELECT c.* FROM clips c JOIN ok_videos v USING (video_id)"
+    )
+    videos_ok = _one(connection, "SELECT count(*) FROM ok_videos")
+    documents = _one(connection, "SELECT count(*) FROM documents")
+    sentences = _one(connection, "SELECT coalesce(sum(len(text_list)), 0) FROM documents")
+    images = _one(connection, "SELECT coalesce(sum(len(image_info)), 0) FROM documents")
+    by_source = _pairs(
+        connection,
+        "SELECT source, count(*) FROM (SELECT unnest(sentence_source) AS source FROM documents) GROUP BY source",
+    )
+    clips = _one(connection, "SELECT count(*) FROM ok_clips")
+    stats: dict[str, Any] = {
+        "samples": documents,
+        "videos_total": _one(connection, "SELECT count(*) FROM videos"),
+        "videos_ok": videos_ok,
+        "videos_failed": _one(connection, "SELECT count(*) FROM videos WHERE status <> 'ok'"),
+        "failures": _pairs(
+            connection,
+            "SELECT status, count(*) AS n FROM videos WHERE status <> 'ok' GROUP BY status ORDER BY n DESC, status",
+        ),
+        "hours_of_video": _one(connection, "SELECT coalesce(sum(duration_s), 0) / 3600.0 FROM ok_videos"),
+        "clips": clips,
+        "avg_clips": clips / videos_ok if videos_ok else None,
+        "avg_clip_length_s": _one(connection, "SELECT avg(end_s - start_s) FROM ok_clips"),
+        "keyframes": _one(connection, "SELECT count(*) FROM frames f JOIN ok_videos v USING (video_id)"),
+        "avg_document_tokens": _one(connection, "SELECT avg(n_tokens) FROM documents"),
+        "images": images,
+        "avg_images_per_document": images / documents if documents else None,
+        "sentences": sentences,
+        "avg_sentences_per_document": sentences / documents if documents else None,
+        "avg_sentences_per_document_by_source": {
+            source: (by_source.get(source, 0) / documents if documents else None)
+            for source in sorted(set(SENTENCE_SOURCES) | set(by_source))
+        },
+        "mean_matched_similarity": _one(
+            connection,
+            "SELECT avg(info.matched_sim) FROM (SELECT unnest(image_info) AS info FROM documents)",
+        ),
+        "languages": _pairs(
+            connection,
+            "SELECT coalesce(language, 'unknown') AS language, count(*) AS n FROM ok_videos "
+            "GROUP BY ALL ORDER BY n DESC, language",
+        ),
+        "stage_seconds": {
+            stage: {"total": total, "mean": mean, "videos": videos}
+            for stage, total, mean, videos in _map_totals(connection, "timings")
+        },
+        "dropped": {key: int(total) for key, total, _, _ in _map_totals(connection, "counters")},
+    }
+    return stats
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _section(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> list[str]:
+    """A titled block of rows: first column left-aligned, numbers right-aligned."""
+    lines = [title]
+    if not rows:
+        return lines + ["  (none)"]
+    table = ([header] if header else []) + rows
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """The stats as an aligned plain-text report."""
+    by_source = stats["avg_sentences_per_document_by_source"]
+    corpus_rows = [
+        ("samples (documents)", _number(stats["samples"])),
+        ("videos ok", _number(stats["videos_ok"])),
+        ("videos failed", _number(stats["videos_failed"])),
+        ("hours of video (ok)", _number(stats["hours_of_video"], 3)),
+        ("clips (ok videos)", _number(stats["clips"])),
+        ("clips per video", _number(stats["avg_clips"])),
+        ("clip length (s)", _number(stats["avg_clip_length_s"])),
+        ("keyframes (ok videos)", _number(stats["keyframes"])),
+        ("images per document", _number(stats["avg_images_per_document"])),
+        ("sentences per document", _number(stats["avg_sentences_per_document"])),
+    ]
+    corpus_rows += [(f"  from {source}", _number(value)) for source, value in by_source.items()]
+    corpus_rows += [
+        ("tokens per document", _number(stats["avg_document_tokens"], 1)),
+        ("mean matched similarity", _number(stats["mean_matched_similarity"], 4)),
+    ]
+    lines = _section("Corpus", corpus_rows)
+    lines += [""] + _section("Failures by status", [(k, _number(v)) for k, v in stats["failures"].items()])
+    lines += [""] + _section("Languages (ok videos)", [(k, _number(v)) for k, v in stats["languages"].items()])
+    stage_rows = [
+        (stage, _number(t["total"]), _number(t["mean"]), _number(t["videos"]))
+        for stage, t in stats["stage_seconds"].items()
+    ]
+    lines += [""] + _section("Time per stage", stage_rows, header=("stage", "total s", "mean s", "videos"))
+    lines += [""] + _section("Dropped by filters", [(k, _number(v)) for k, v in stats["dropped"].items()])
+    return "\n".join(lines) + "\n"
