@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(Exception):
@@ -42,6 +42,9 @@ class ScenesConfig(_Strict):
     gradual: bool = True
     gradual_window_s: float = Field(1.0, gt=0)
     gradual_threshold: float = Field(30.0, gt=0)
+    # A dissolve's middle frame is a blend of its ends: the blend fit may leave at most this fraction
+    # of the change (motion leaves much more).
+    gradual_blend_tolerance: float = Field(0.25, gt=0)
     # Fades through black, PySceneDetect's ThresholdDetector on mean brightness.
     fade_threshold: float = Field(12.0, ge=0)
     # Frames are decoded once; the detectors see them downscaled to this width at this rate.
@@ -57,6 +60,10 @@ class KeyframesConfig(_Strict):
     size: int = Field(384, ge=16)
     jpeg_quality: int = Field(90, ge=1, le=100)
     max_per_video: int = Field(64, ge=1)
+    # While decoding, frames are kept as JPEG candidates at this rate and picked per clip at the end;
+    # past max_candidates the pool drops every other one and halves the rate (bounded memory).
+    candidate_fps: float = Field(2.0, gt=0)
+    max_candidates: int = Field(512, ge=2)
 
 
 class VideoStageConfig(_Strict):
@@ -67,6 +74,8 @@ class VideoStageConfig(_Strict):
     min_free_disk_gb: float = Field(1.0, ge=0)
     tmp_dir: str | None = None
     audio: bool = True
+    # COSMO clip mp4s (written only with the cosmo shard format) are re-encoded at most this tall.
+    clip_max_height: int = Field(360, ge=16)
 
 
 class AsrConfig(_Strict):
@@ -77,6 +86,15 @@ class AsrConfig(_Strict):
     beam_size: int | None = None
     max_new_tokens: int | None = None  # None keeps whisper's own limit
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=4)
+    # Decoding retries a 30 s window at the next temperature when its text looks wrong (whisper's
+    # fallback); a single [0.0] turns the fallback off.
+    temperatures: list[float] = Field([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1)
+    best_of: int | None = Field(None, ge=1, description="samples per window at temperatures above 0")
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    # Audio quieter than this (RMS, dBFS) has no speech; whisper is not run on it.
+    silence_dbfs: float = -60.0
 
 
 class CaptionConfig(_Strict):
@@ -86,14 +104,18 @@ class CaptionConfig(_Strict):
     pretrained: str | None = "mscoco_finetuned_laion2B-s13B-b90k"  # open_clip tag or checkpoint path
     prompt: str | None = None
     max_tokens: int = Field(30, ge=1)
+    # Also the number of keyframes per forward pass, gathered across the batch's videos.
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=32)
+    fp16: bool = True  # used on GPU only
 
 
 class ClipScoreConfig(_Strict):
     enabled: bool = True
     model: str = "ViT-L-14"
     pretrained: str | None = "openai"
+    # Also the number of images (and of sentences) per forward pass.
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=16)
+    fp16: bool = True  # used on GPU only
 
 
 class AssignConfig(_Strict):
@@ -132,6 +154,12 @@ class BuildConfig(_Strict):
     assign: AssignConfig = AssignConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _assignment_needs_scores(self) -> BuildConfig:
+        if not self.clip_score.enabled:
+            raise ValueError("clip_score.enabled must stay true: assignment places frames by their CLIP scores")
+        return self
+
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
     """Read YAML (or defaults) and apply dotted overrides like {"asr.model": "tiny"}."""
@@ -161,4 +189,5 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         where = f"config {path}" if path else "config"
         first = exc.errors()[0]
         field_name = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {field_name}: {first['msg']}") from exc
+        location = f"{field_name}: " if field_name else ""
+        raise ConfigError(f"{where}: {location}{first['msg']}") from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from cosmo_data.pipeline.query import QueryError, connect, table_files
+from cosmo_data.pipeline.query import QueryError, connect, parquet_scan, table_files
 
 MAX_FAILED_LISTED = 200
 
@@ -60,6 +60,12 @@ class PreviewResult:
     failed_listed: int
     failed_total: int  # failed videos matching the condition
 
+    def __str__(self) -> str:
+        text = f"{self.documents} documents, {self.images} images, {self.failed_total} failed videos"
+        if self.missing_images:
+            text += f"; {self.missing_images} keyframes missing from the native shards"
+        return text
+
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
@@ -98,18 +104,17 @@ def _select(connection: duckdb.DuckDBPyConnection, out: Path, n: int, where: str
         """,
         [n],
     )
-    document_files = table_files(out, "documents")
-    if documents and document_files:
-        file_list = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in document_files) + "]"
-        groups = dict(
+    if documents:
+        # The part file a document came from names its group, and so the native tar holding its keyframes.
+        scan = parquet_scan(table_files(out, "documents"), filename=True)
+        files = dict(
             connection.execute(
-                f"SELECT doc_id, filename FROM read_parquet({file_list}, filename = true) "
-                "WHERE doc_id IN (SELECT unnest(?))",
+                f"SELECT doc_id, filename FROM {scan} WHERE doc_id IN (SELECT unnest(?))",
                 [[d["doc_id"] for d in documents]],
             ).fetchall()
         )
         for document in documents:
-            document["group"] = Path(groups[document["doc_id"]]).stem.removeprefix("part-")
+            document["group"] = Path(files[document["doc_id"]]).stem.removeprefix("part-")
     failed = _rows(
         connection,
         f"""

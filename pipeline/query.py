@@ -39,6 +39,13 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def parquet_scan(files: list[Path], *, filename: bool = False) -> str:
+    """A read_parquet(...) expression over these files (listed, so no glob characters are interpreted);
+    filename adds each row's file path as a column."""
+    file_list = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
+    return f"read_parquet({file_list}, union_by_name = true{', filename = true' if filename else ''})"
+
+
 def connect(out: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views videos, clips, frames, transcripts, documents."""
     out = Path(out)
@@ -50,17 +57,14 @@ def connect(out: Path) -> duckdb.DuckDBPyConnection:
     for table, schema in TABLES.items():
         files = table_files(out, table)
         if files:
-            file_list = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
-            connection.execute(
-                f"CREATE VIEW {table} AS SELECT * FROM read_parquet({file_list}, union_by_name = true)"
-            )
+            connection.execute(f"CREATE VIEW {table} AS SELECT * FROM {parquet_scan(files)}")
         else:
             connection.register(table, schema.empty_table())
     return connection
 
 
 def run_query(out: Path, sql: str, fmt: OutputFormat = "table") -> str:
-    """Run one SQL statement over the corpus and render its result as text."""
+    """Run one SQL statement over the corpus and render its result as text (no trailing newline)."""
     if fmt not in OUTPUT_FORMATS:
         raise QueryError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
     connection = connect(out)
@@ -119,7 +123,7 @@ def render_csv(columns: list[str], rows: list[tuple]) -> str:
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_text_cell(value) for value in row])
-    return buffer.getvalue()
+    return buffer.getvalue().removesuffix("\n")
 
 
 def _display_cell(value: Any) -> str:
@@ -135,7 +139,8 @@ def render_table(columns: list[str], rows: list[tuple]) -> str:
     """Aligned columns, numbers right-aligned, one header line and a row count."""
     cells = [[_display_cell(value) for value in row] for row in rows]
     numeric = [
-        all(isinstance(row[i], (int, float, Decimal)) and not isinstance(row[i], bool) for row in rows if row[i] is not None)
+        all(isinstance(row[i], (int, float, Decimal)) and not isinstance(row[i], bool)
+            for row in rows if row[i] is not None)
         for i in range(len(columns))
     ]
     widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(columns)]
@@ -147,4 +152,4 @@ def render_table(columns: list[str], rows: list[tuple]) -> str:
     lines = [line(columns), "  ".join("-" * w for w in widths)]
     lines += [line(row) for row in cells]
     lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ ASR_FAILED = "asr_failed"
 CAPTION_FAILED = "caption_failed"
 CLIP_SCORE_FAILED = "clip_score_failed"
 DOCUMENT_FAILED = "document_failed"
+SHARD_FAILED = "shard_failed"
 INTERNAL_ERROR = "internal_error"
 
 

@@ -28,15 +28,18 @@ AUDIO_RATE = 22050
 SHOT_SOURCES = (
     "testsrc2=size={w}x{h}:rate={fps}",
     "mandelbrot=size={w}x{h}:rate={fps}:maxiter=256:end_scale=0.05",
-    "life=size={w}x{h}:rate={fps}:mold=10:seed={seed}:ratio=0.3:life_color=#40ff90:death_color=#702040",
+    "life=size={w}x{h}:rate={fps}:mold=40:seed={seed}:ratio=0.3:life_color=#40ff90:death_color=#702040"
+    ":mold_color=#202060",
     "testsrc=size={w2}x{h2}:rate={fps},crop={w}:{h}:x='t*{w}/8':y='t*{h}/16'",
     "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed={seed}",
     "smptehdbars=size={w}x{h}:rate={fps},hue=h=t*40",
     "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}:random_fill_ratio=0.4,"
     "colorchannelmixer=rr=0.2:gg=0.8:bb=1",
-    "color=c=0x203050:size={w}x{h}:rate={fps},"
-    "drawbox=x='mod(t*{w}/3,{w})':y='{h}/3+{h}/6*sin(t*3)':w={w}/4:h={h}/4:color=orange:t=fill",
+    "color=c=0x203050:size={w2}x{h}:rate={fps},drawbox=x={w}/2:y={h}/3:w={w}/4:h={h}/3:color=orange:t=fill,"
+    "drawbox=x={w}*1.3:y={h}/2:w={w}/5:h={h}/4:color=white:t=fill,crop={w}:{h}:x='{w}/2+{w}/2*sin(t)'",
 )
+# Shots start this far into their source, past start-up effects (life's random fill settling).
+SOURCE_WARMUP_S = 2.0
 
 
 @dataclass
@@ -115,6 +118,8 @@ def make_sample_video(
     unknown = set(transitions) - set(TRANSITIONS)
     if unknown:
         raise ValueError(f"unknown transitions {sorted(unknown)}; use {TRANSITIONS}")
+    # Whole frames only, so that the ground truth is exactly where the frames change.
+    segments = [round(length * fps) / fps for length in segments]
     _check_segment_lengths(segments, transitions)
     width, height = size
     video_graph, boundaries, duration = _video_graph(segments, transitions, width, height, fps, seed)
@@ -173,7 +178,7 @@ def _video_graph(
         # A hue turn per shot keeps repeated source kinds apart; format/fps/timebase let xfade join them.
         steps = [
             _shot_source(index, width, height, fps, seed),
-            f"trim=duration={length}", "setpts=PTS-STARTPTS", f"hue=h={(index * 67 + seed * 29) % 360}",
+            f"trim=start={SOURCE_WARMUP_S}:duration={length}", "setpts=PTS-STARTPTS", f"hue=h={(index * 67 + seed * 29) % 360}",
             "format=yuv420p", "setsar=1", f"fps={fps}", "settb=AVTB", *fades,
         ]
         chains.append(",".join(steps) + f"[s{index}]")

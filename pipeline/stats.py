@@ -152,4 +152,4 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     lines += [""] + _section("Time per stage", stage_rows, header=("stage", "total s", "mean s", "videos"))
     lines += [""] + _section("Dropped by filters", [(k, _number(v)) for k, v in stats["dropped"].items()])
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cosmo_data import schemas
-from cosmo_data.pipeline.record import VideoRecord
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
+from cosmo_data.pipeline.record import SHARD_FAILED, VideoRecord
+from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError
 
 STATE_DIR = "_state"
 TMP_PREFIX = ".tmp-"
@@ -175,9 +175,24 @@ class CorpusWriter:
                     shard.unlink()
         self.write_manifests()
 
+    def _samples(self, records: list[VideoRecord]) -> dict[str, list[dict[str, bytes]]]:
+        """Samples per format; a record one format cannot hold fails in all, so formats never disagree."""
+        samples: dict[str, list[dict[str, bytes]]] = {fmt: [] for fmt in self.formats}
+        for record in records:
+            try:
+                per_format = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
+            except ShardFormatError as exc:
+                record.fail(SHARD_FAILED, str(exc))
+                continue
+            for fmt, sample in per_format.items():
+                if sample is not None:
+                    samples[fmt].append(sample)
+        return samples
+
     def write_group(self, group: int, records: list[VideoRecord]) -> GroupSummary:
         records = sorted(records, key=lambda r: r.source_index)
         name = group_name(group)
+        samples = self._samples(records)
         for table, rows in table_rows(records).items():
             sink = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(rows, schema=schemas.TABLES[table]), sink)
@@ -186,10 +201,9 @@ class CorpusWriter:
         for record in records:
             if not record.ok:
                 summary.failures[record.status] = summary.failures.get(record.status, 0) + 1
-        for fmt in self.formats:
-            samples = [s for s in (SAMPLE_WRITERS[fmt](r) for r in records) if s is not None]
-            atomic_write_bytes(self.out / "shards" / fmt / f"{name}.tar", tar_bytes(samples))
-            summary.samples[fmt] = len(samples)
+        for fmt, fmt_samples in samples.items():
+            atomic_write_bytes(self.out / "shards" / fmt / f"{name}.tar", tar_bytes(fmt_samples))
+            summary.samples[fmt] = len(fmt_samples)
         # The marker comes after every file of the group, the manifests after the marker.
         atomic_write_json(self.groups_dir / f"{name}.json", summary.__dict__)
         self.write_manifests()

@@ -13,8 +13,10 @@ Three methods (config.assign.method):
   (dynamic programming), so the document never shows a frame before text that came earlier.
 
 Filters, in this order, each counted on the record:
-1. near-duplicate keyframes (dropped_near_duplicate): the later of two frames whose 16x16 thumbnails
-   are at least dedup_similarity alike. It does not depend on the assignment, so it runs first.
+1. near-duplicate keyframes (dropped_near_duplicate): of frames whose 16x16 thumbnails are at least
+   dedup_similarity alike, only the one most similar to some sentence stays. A pixel comparison of the
+   downscaled JPEGs, because the CLIP image embeddings are not on the record. It does not depend on the
+   assignment, so it runs first.
 2. assignment, then images whose matched similarity is below min_similarity (dropped_low_similarity)
    or beyond max_images, keeping the best matched (dropped_max_images); after any drop the assignment is
    recomputed on what is left, until nothing changes. So the stored matrix [kept images][sentences]
@@ -137,17 +139,22 @@ def thumbnail_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(1.0 - np.mean(np.abs(a - b)) / 255.0)
 
 
-def near_duplicates(jpegs: Sequence[bytes], threshold: float) -> list[int]:
-    """Positions of frames at least `threshold` alike to an earlier kept frame (the earlier one stays)."""
+def near_duplicates(jpegs: Sequence[bytes], threshold: float, scores: Sequence[float] | None = None) -> list[int]:
+    """Positions of frames at least `threshold` alike to a kept one, in order.
+
+    Frames are visited from the highest score down (earlier first on ties), so of a group of
+    look-alikes the one that best matches some sentence stays.
+    """
+    order = sorted(range(len(jpegs)), key=lambda k: -scores[k]) if scores is not None else range(len(jpegs))
     kept: list[np.ndarray] = []
     duplicates = []
-    for position, jpeg in enumerate(jpegs):
-        thumb = thumbnail(jpeg)
+    for position in order:
+        thumb = thumbnail(jpegs[position])
         if any(thumbnail_similarity(thumb, other) >= threshold for other in kept):
             duplicates.append(position)
         else:
             kept.append(thumb)
-    return duplicates
+    return sorted(duplicates)
 
 
 def assign(
@@ -184,41 +191,52 @@ class AssignStage:
         if len(document.sentences) < settings.min_sentences:
             record.count("too_few_sentences")
             raise VideoFailure(
-                FILTERED, f"document has {len(document.sentences)} sentences, fewer than min_sentences={settings.min_sentences}"
+                FILTERED,
+                f"document has {len(document.sentences)} sentences, fewer than min_sentences={settings.min_sentences}",
             )
         sim = _similarity_matrix(document)
         frames = list(document.image_frames)
-        rows = list(range(len(frames)))
-
-        duplicates = set(near_duplicates([record.frames[f].jpeg for f in frames], settings.dedup_similarity))
+        best_match = sim.max(axis=1).tolist() if sim.size else []
+        jpegs = [record.frames[f].jpeg for f in frames]
+        duplicates = set(near_duplicates(jpegs, settings.dedup_similarity, best_match))
         record.count("near_duplicate", len(duplicates))
-        rows = [r for r in rows if r not in duplicates]
-
-        spans = [(s.start_s, s.end_s) for s in document.sentences]
-        while True:
-            times = [record.frames[frames[r]].t_s for r in rows]
-            indices, matched = assign(settings, sim[rows], times, spans)
-            low = {k for k, value in enumerate(matched) if value < settings.min_similarity}
-            if low:
-                record.count("low_similarity", len(low))
-                rows = [r for k, r in enumerate(rows) if k not in low]
-                continue
-            if len(rows) > settings.max_images:
-                # Keep the best matched images; the stable sort keeps earlier frames on ties.
-                best = sorted(range(len(rows)), key=lambda k: -matched[k])[: settings.max_images]
-                record.count("max_images", len(rows) - settings.max_images)
-                rows = [rows[k] for k in sorted(best)]
-                continue
-            break
+        rows = [r for r in range(len(frames)) if r not in duplicates]
+        times = [record.frames[f].t_s for f in frames]
+        rows, indices, matched = self._assign_and_filter(record, sim, times, rows, document)
 
         if len(rows) < settings.min_images:
             record.count("too_few_images")
-            raise VideoFailure(FILTERED, f"document keeps {len(rows)} images, fewer than min_images={settings.min_images}")
+            raise VideoFailure(
+                FILTERED, f"document keeps {len(rows)} images, fewer than min_images={settings.min_images}"
+            )
         document.image_frames = [frames[r] for r in rows]
         document.similarity = sim[rows].tolist()
         document.matched_text_index = indices
         document.matched_sim = matched
         document.assignment = settings.method
+
+    def _assign_and_filter(
+        self, record: VideoRecord, sim: np.ndarray, times: list[float], rows: list[int], document: Document
+    ) -> tuple[list[int], list[int], list[float]]:
+        """Assign, drop weak or surplus images, and assign again until nothing is dropped.
+
+        The final assignment is computed on exactly the rows kept, so it is what the stored matrix gives.
+        """
+        settings = self.settings
+        spans = [(s.start_s, s.end_s) for s in document.sentences]
+        while True:
+            indices, matched = assign(settings, sim[rows], [times[r] for r in rows], spans)
+            low = {k for k, value in enumerate(matched) if value < settings.min_similarity}
+            if low:
+                record.count("low_similarity", len(low))
+                rows = [r for k, r in enumerate(rows) if k not in low]
+            elif len(rows) > settings.max_images:
+                # Keep the best matched images; the stable sort keeps earlier frames on ties.
+                best = sorted(range(len(rows)), key=lambda k: -matched[k])[: settings.max_images]
+                record.count("max_images", len(rows) - settings.max_images)
+                rows = [rows[k] for k in sorted(best)]
+            else:
+                return rows, indices, matched
 
 
 def _similarity_matrix(document: Document) -> np.ndarray:

@@ -125,25 +125,38 @@ def backoff_s(config: DownloadConfig, attempt: int) -> float:
 
 def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -> Path:
     log = _CapturingLogger()
-    with yt_dlp.YoutubeDL(_params(video_id, dest_dir, config, log)) as ydl:
-        # Look before processing: a playlist would otherwise resolve (and download) every entry.
-        info = ydl.extract_info(url, download=False, process=False)
-        if info.get("_type") in ("playlist", "multi_video"):
-            raise VideoFailure(DOWNLOAD_FAILED, f"{url} is a playlist, not a single video")
-        info = ydl.process_ie_result(info, download=True)
+    limits = _Limits(config)
+    try:
+        with yt_dlp.YoutubeDL(_params(video_id, dest_dir, config, log, limits)) as ydl:
+            # Look before processing: a playlist would resolve (and download) every entry, and an
+            # embedding page's metadata can rule the video out before its media URL is even opened.
+            info = ydl.extract_info(url, download=False, process=False)
+            if info.get("_type") in ("playlist", "multi_video"):
+                raise VideoFailure(DOWNLOAD_FAILED, f"{url} is a playlist, not a single video")
+            limits.check_metadata(info)
+            info = ydl.process_ie_result(info, download=True)
+    except DownloadError:
+        _raise_if_over_max_filesize(log)
+        raise
     for requested in info.get("requested_downloads") or []:
         path = requested.get("filepath")
         if path and Path(path).is_file():
             return Path(path)
-    # yt-dlp reports a Content-Length over max_filesize only as a message, then writes nothing.
-    too_large = log.find("File is larger than max-filesize")
-    if too_large:
-        raise VideoFailure(TOO_LARGE, too_large)
+    _raise_if_over_max_filesize(log)
     raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
 
 
-def _params(video_id: str, dest_dir: Path, config: DownloadConfig, log: _CapturingLogger) -> dict[str, Any]:
-    limits = _Limits(config)
+def _raise_if_over_max_filesize(log: _CapturingLogger) -> None:
+    # yt-dlp reports a Content-Length over max_filesize only as a message and writes nothing; for a
+    # fragmented stream the error that follows ("The downloaded file is empty") hides the reason.
+    too_large = log.find("File is larger than max-filesize")
+    if too_large:
+        raise VideoFailure(TOO_LARGE, too_large)
+
+
+def _params(
+    video_id: str, dest_dir: Path, config: DownloadConfig, log: _CapturingLogger, limits: _Limits
+) -> dict[str, Any]:
     return {
         # Best video at most max_height tall plus best audio; if every video is taller, the smallest.
         "format": "bv*+ba/b",
@@ -181,17 +194,18 @@ class _Limits:
         self.received: dict[str, int] = {}
 
     def check_metadata(self, info: dict[str, Any], *, incomplete: bool | set[str] = False) -> None:
-        """yt-dlp's match_filter; raising stops it before any media is downloaded."""
+        """yt-dlp's match_filter, called before format selection and again for the chosen format;
+        raising stops it before any media is downloaded. Sizes are the ones yt-dlp trusts: it leaves
+        filesize_approx unset for streaming manifests, whose bitrates are peaks, not averages."""
         duration = info.get("duration")
         if duration and duration > self.max_duration_s:
             raise VideoFailure(
                 TOO_LONG, f"duration {duration:g} s is over the limit of {self.max_duration_s:g} s (download.max_duration_s)"
             )
-        # Sizes are only meaningful once a format is chosen (the complete call).
-        size = None if incomplete else info.get("filesize") or info.get("filesize_approx")
+        size = info.get("filesize") or info.get("filesize_approx")
         if size and size > self.max_bytes:
             raise VideoFailure(
-                TOO_LARGE, f"chosen format is about {size:.0f} bytes, over the limit of {self.max_bytes} bytes (download.max_filesize_mb)"
+                TOO_LARGE, f"metadata gives a size of {size:.0f} bytes, over the limit of {self.max_bytes} bytes (download.max_filesize_mb)"
             )
 
     def check_progress(self, progress: dict[str, Any]) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -88,14 +91,28 @@ def scene_jpeg(seed: int, width: int = 256, height: int = 144) -> bytes:
     hills = [(0, height)] + [(x, int(height * rng.uniform(0.55, 0.75))) for x in range(0, width + 32, 32)]
     draw.polygon(hills + [(width, height)], fill=ground)
     left, top_y = rng.randint(10, width - 80), rng.randint(height // 2, height - 40)
-    draw.rectangle([left, top_y, left + rng.randint(30, 70), top_y + 30], fill=tuple(rng.randint(0, 255) for _ in range(3)))
+    colour = tuple(rng.randint(0, 255) for _ in range(3))
+    draw.rectangle([left, top_y, left + rng.randint(30, 70), top_y + 30], fill=colour)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=None)
+def clip_mp4(seconds: float) -> bytes:
+    """A tiny real H.264 clip (64x36, 10 fps) of this length, made once per length."""
+    with tempfile.TemporaryDirectory(prefix="corpus-factory-") as folder:
+        path = Path(folder) / "clip.mp4"
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s=64x36:r=10:d={seconds}",
+             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+            check=True,
+        )
+        return path.read_bytes()
+
+
 def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6.0) -> VideoRecord:
-    """A finished video: clips, one keyframe per clip, transcript, and its interleaved document."""
+    """A finished video: clips (with their mp4s), one keyframe per clip, transcript, and its document."""
     rng = random.Random(source_index * 7919 + theme)
     language, steps = THEMES[theme % len(THEMES)]
     record = VideoRecord(
@@ -109,6 +126,7 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
     for clip_idx, (caption, spoken) in enumerate(steps):
         start, end = clip_idx * clip_s, (clip_idx + 1) * clip_s
         record.clips.append(Clip(clip_idx, start, end, "start" if clip_idx == 0 else "cut"))
+        record.clip_videos[clip_idx] = clip_mp4(clip_s)
         width, height = 256, 144
         record.frames.append(Frame(clip_idx, clip_idx, round((start + end) / 2, 3), width, height,
                                    scene_jpeg(source_index * 100 + clip_idx, width, height), caption))

@@ -8,17 +8,21 @@ Routes (paths are relative to the server root):
   /slow-start/<s>/<name>     waits s seconds before sending anything, then serves <name>
   /trickle.mp4               video headers with a large Content-Length, then 1 byte per second
   /page.mp4                  an HTML page behind a .mp4 name
+  /watch/<s>/<name>          an HTML page whose JSON-LD VideoObject points at /files/<name>, gives its
+                             size and says it lasts s seconds (metadata yt-dlp reads before downloading)
   anything else              404
 
-Every request is logged as "METHOD /path" in LoopbackServer.requests.
+Every request is logged as "METHOD /path" (LoopbackServer.requests) with its time (request_times).
 """
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +38,7 @@ class LoopbackServer(ThreadingHTTPServer):
     def __init__(self, root: Path):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = Path(root)
-        self.requests: list[str] = []
+        self._log: list[tuple[float, str]] = []  # (time.monotonic(), "METHOD /path")
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._flaky_seen: dict[str, int] = {}
@@ -48,12 +52,20 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def log_request_line(self, line: str) -> None:
         with self._lock:
-            self.requests.append(line)
+            self._log.append((time.monotonic(), line))
+
+    @property
+    def requests(self) -> list[str]:
+        with self._lock:
+            return [line for _, line in self._log]
+
+    def request_times(self, path: str) -> list[float]:
+        """time.monotonic() of every request (any method) for this path, in order."""
+        with self._lock:
+            return [at for at, line in self._log if line.split(" ", 1)[1] == path]
 
     def count(self, path: str) -> int:
-        """How many requests (any method) asked for this path."""
-        with self._lock:
-            return sum(1 for line in self.requests if line.split(" ", 1)[1] == path)
+        return len(self.request_times(path))
 
     def flaky_attempt(self, path: str) -> int:
         with self._lock:
@@ -95,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._trickle(send_body)
             elif path == "/page.mp4":
                 self._send_bytes(HTML_PAGE, "text/html; charset=utf-8", send_body)
+            elif match := re.fullmatch(r"/watch/(\d+)/(.+)", path):
+                self._watch_page(int(match.group(1)), match.group(2), send_body)
             else:
                 self._send_error(404, "Not Found")
         except (BrokenPipeError, ConnectionResetError):
@@ -140,6 +154,27 @@ class _Handler(BaseHTTPRequestHandler):
             # HTTP/1.0 without Content-Length: the body ends when the connection closes.
             for offset in range(0, len(data), 64 * 1024):
                 self.wfile.write(data[offset : offset + 64 * 1024])
+
+    def _watch_page(self, duration_s: int, name: str, send_body: bool) -> None:
+        file = self.server.root / name
+        if "/" in name or not file.is_file():
+            self._send_error(404, "Not Found")
+            return
+        video_object = {
+            "@context": "https://schema.org",
+            "@type": "VideoObject",
+            "name": "A how-to video",
+            "duration": f"PT{duration_s}S",
+            "contentUrl": self.server.url(f"files/{name}"),
+            "contentSize": str(file.stat().st_size),
+            "uploadDate": "2024-01-01",
+        }
+        page = (
+            "<!DOCTYPE html><html><head><title>A how-to video</title>"
+            f'<script type="application/ld+json">{json.dumps(video_object)}</script>'
+            "</head><body><p>watch</p></body></html>"
+        )
+        self._send_bytes(page.encode(), "text/html; charset=utf-8", send_body)
 
     def _send_error(self, code: int, reason: str) -> None:
         body = f"{code} {reason}".encode()

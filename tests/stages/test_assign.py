@@ -138,6 +138,7 @@ def test_near_duplicates_are_the_same_picture_not_merely_the_same_colour():
     scene = scene_jpeg(1)
     frames = [scene, reencoded(scene, 40), scene_jpeg(2), solid_jpeg("red"), solid_jpeg("blue")]
     assert near_duplicates(frames, 0.96) == [1]
+    assert near_duplicates(frames, 0.96, scores=[0.2, 0.3, 0.2, 0.2, 0.2]) == [0]  # the better match stays
     assert near_duplicates(frames, 1.01) == []
 
 
@@ -165,7 +166,7 @@ def test_filters_drop_duplicates_low_similarity_and_extra_images_and_count_them(
     sim = np.array([
         [0.30, 0.10, 0.10, 0.10],
         [0.10, 0.28, 0.10, 0.10],
-        [0.31, 0.10, 0.10, 0.10],  # near-duplicate of frame 0
+        [0.31, 0.10, 0.10, 0.10],  # near-duplicate of frame 0, a better match: frame 0 goes
         [0.05, 0.05, 0.12, 0.05],  # best match 0.12 < 0.15
         [0.10, 0.10, 0.26, 0.10],
         [0.10, 0.10, 0.10, 0.20],  # the weakest of four: over max_images=3
@@ -176,10 +177,10 @@ def test_filters_drop_duplicates_low_similarity_and_extra_images_and_count_them(
     assert out.ok, out.error
     document = out.document
     assert out.counters == {"dropped_near_duplicate": 1, "dropped_low_similarity": 1, "dropped_max_images": 1}
-    assert document.image_frames == [0, 1, 4]
-    assert document.matched_text_index == [0, 1, 2]
-    assert document.matched_sim == [0.30, 0.28, 0.26]
-    assert document.similarity == sim[[0, 1, 4]].tolist()
+    assert document.image_frames == [1, 2, 4]
+    assert document.matched_text_index == [1, 0, 2]
+    assert document.matched_sim == [0.28, 0.31, 0.26]
+    assert document.similarity == sim[[1, 2, 4]].tolist()
     assert document.assignment == "mmc4"
 
 

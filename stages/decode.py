@@ -1,0 +1,411 @@
+"""One decode pass per video (PyAV): probe, scene boundaries, keyframes and 16 kHz mono audio.
+
+PyAV rather than decord: it demuxes and decodes audio and video in the same pass, gives per-frame
+control (so frames that no one needs are decoded but never converted), and is maintained.
+
+Every decoded frame is looked at once and dropped. Only two kinds are converted, both straight from
+the decoder's YUV into small images (never a full-size RGB copy, whatever the source resolution):
+every k-th frame to detect_width for the scene detectors (k = fps / detect_fps, a fixed frame stride
+so that motion between samples stays even), and a lower-rate stream of keyframe candidates to the
+keyframe size, kept as JPEG in a pool of at most keyframes.max_candidates. Keyframes are picked from
+that pool per clip once the boundaries are known, so memory stays bounded for long and 4K videos.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.logging
+import cv2
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig, ScenesConfig
+from cosmo_data.pipeline.record import DECODE_FAILED, NO_VIDEO_STREAM, Clip, Frame, VideoFailure, VideoRecord
+from cosmo_data.stages.scenes import GRADUAL, SceneBoundaryDetector, clips_from_boundaries
+
+AUDIO_RATE = 16000
+# Swscale's bilinear is as fast as its "fast" variant here and averages properly when shrinking.
+SCALING = "BILINEAR"
+# Keyframes keep this far from a hard edge of their clip (a cut or a split); from a gradual edge they
+# keep half the transition window, where the two shots are blended.
+EDGE_MARGIN_S = 0.1
+
+
+@dataclass
+class DecodedVideo:
+    duration_s: float
+    fps: float
+    width: int  # as displayed, after rotation
+    height: int
+    rotation: int  # counter-clockwise degrees a player turns the picture (ffmpeg's display matrix)
+    has_audio: bool
+    video_codec: str
+    clips: list[Clip]
+    frames: list[Frame]
+    audio_pcm: bytes | None
+    # Evidence of the single pass, for tests and the benchmark.
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    candidates_encoded: int = 0
+    decode_error: str | None = None  # set when decoding stopped early but some frames came out
+
+
+def decode_video(path: Path, record: VideoRecord, config: BuildConfig) -> None:
+    """Fill the record's probe fields, clips, keyframes and audio from one pass over `path`.
+
+    Raises VideoFailure(NO_VIDEO_STREAM) for files without video and VideoFailure(DECODE_FAILED)
+    with ffmpeg's own words (temp paths replaced by the source) when no frame decodes.
+    """
+    record.file_size = path.stat().st_size
+    decoded = decode_pass(path, config, record.source)
+    record.duration_s = decoded.duration_s
+    record.fps = decoded.fps
+    record.width = decoded.width
+    record.height = decoded.height
+    record.rotation = decoded.rotation
+    record.has_audio = decoded.has_audio
+    record.video_codec = decoded.video_codec
+    record.clips = decoded.clips
+    record.frames = decoded.frames
+    record.audio_pcm = decoded.audio_pcm
+
+
+def decode_pass(path: Path, config: BuildConfig, source: str) -> DecodedVideo:
+    url = "file:" + str(path.resolve())  # "file:" keeps names like "a:b.mp4" from reading as protocols
+    aliases = [url, str(path.resolve()), str(path)]
+    with _ffmpeg_errors_logged():
+        try:
+            container = av.open(url, metadata_errors="ignore")
+        except av.FFmpegError as exc:
+            raise VideoFailure(DECODE_FAILED, _describe(exc, aliases, source)) from None
+        with container:
+            return _scan(container, config, source, aliases)
+
+
+def _scan(container: av.container.InputContainer, config: BuildConfig, source: str, aliases: list[str]) -> DecodedVideo:
+    if not container.streams.video:
+        kinds = ", ".join(f"{s.type} ({s.codec_context.name})" for s in container.streams) or "none"
+        raise VideoFailure(NO_VIDEO_STREAM, f"{source} has no video stream (streams: {kinds})")
+    video = container.streams.video[0]
+    video.thread_type = "AUTO"  # frame + slice threads, as ffmpeg itself decodes
+    audio_stream = container.streams.audio[0] if container.streams.audio else None
+    want_audio = audio_stream is not None and config.video.audio
+    origin_s = container.start_time / av.time_base if container.start_time is not None else 0.0
+    fps = _stream_fps(video)
+
+    scan = _VideoScan(config, fps, origin_s)
+    audio = _AudioCollector(origin_s) if want_audio else None
+    streams = [video, audio_stream] if want_audio else [video]
+    error: str | None = None
+    try:
+        for packet in container.demux(streams):
+            if packet.stream.type == "video":
+                for frame in packet.decode():
+                    scan.add(frame)
+            else:
+                audio.add_packet(packet)
+    except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
+        error = _describe(exc, aliases, source)
+    if scan.frames_decoded == 0:
+        last = av.logging.get_last_error()
+        raise VideoFailure(DECODE_FAILED, error or _no_frames_message(source, last, aliases))
+
+    decoded_end_s = scan.end_s
+    probed_s = _probe_duration(container, video, origin_s)
+    duration_s = decoded_end_s if error or probed_s is None else max(probed_s, decoded_end_s)
+    clips = clips_from_boundaries(scan.scenes.finish(decoded_end_s), decoded_end_s, config.scenes.max_clip_s)
+    frames = scan.candidates.pick(clips, config.keyframes, config.scenes)
+    width, height = scan.display_size
+    return DecodedVideo(
+        duration_s=round(duration_s, 3),
+        fps=round(fps, 3),
+        width=width,
+        height=height,
+        rotation=scan.rotation,
+        has_audio=audio_stream is not None,
+        video_codec=video.codec_context.name,
+        clips=clips,
+        frames=frames,
+        audio_pcm=audio.pcm() if audio is not None else None,
+        frames_decoded=scan.frames_decoded,
+        frames_sampled=scan.frames_sampled,
+        candidates_encoded=scan.candidates.encoded,
+        decode_error=error,
+    )
+
+
+class _VideoScan:
+    """Looks at each decoded frame once: feeds every k-th to the detectors, keeps keyframe candidates."""
+
+    def __init__(self, config: BuildConfig, fps: float, origin_s: float):
+        self.scenes = SceneBoundaryDetector(config.scenes)
+        self.candidates = _CandidatePool(config.keyframes, fps)
+        self._config = config
+        self._origin_s = origin_s
+        self._frame_s = 1.0 / fps
+        self._detect_stride = max(1, round(fps / config.scenes.detect_fps))
+        self._detect_reformatter = VideoReformatter()
+        self.frames_decoded = 0
+        self.frames_sampled = 0
+        self.end_s = 0.0
+        self.rotation = 0
+        self.display_size = (0, 0)
+        self._last_t = -1.0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        index = self.frames_decoded
+        self.frames_decoded += 1
+        t_s = self._time(frame)
+        self.end_s = max(self.end_s, t_s + self._frame_s)
+        if index == 0:
+            self.rotation = round(frame.rotation or 0) % 360
+            swap = self.rotation in (90, 270)
+            self.display_size = (frame.height, frame.width) if swap else (frame.width, frame.height)
+        if index % self._detect_stride == 0:
+            self.frames_sampled += 1
+            width, height = _fit_width(frame.width, frame.height, self._config.scenes.detect_width)
+            small = self._detect_reformatter.reformat(
+                frame, width=width, height=height, format="bgr24", interpolation=SCALING
+            ).to_ndarray()
+            self.scenes.push(t_s, small)
+        self.candidates.offer(index, t_s, frame, self.rotation)
+
+    def _time(self, frame: av.VideoFrame) -> float:
+        """Seconds from the container's start; frames without a timestamp follow the previous one."""
+        t_s = frame.time - self._origin_s if frame.time is not None else self._last_t + self._frame_s
+        t_s = max(t_s, self._last_t + 1e-6, 0.0)
+        self._last_t = t_s
+        return t_s
+
+
+@dataclass
+class _Candidate:
+    t_s: float
+    width: int
+    height: int
+    jpeg: bytes
+
+
+@dataclass
+class _CandidatePool:
+    """Keyframe candidates as JPEG at keyframe size; bounded by dropping every other one when full."""
+
+    config: KeyframesConfig
+    fps: float
+    pool: list[_Candidate] = field(default_factory=list)
+    encoded: int = 0
+
+    def __post_init__(self) -> None:
+        self._stride = max(1, round(self.fps / self.config.candidate_fps))
+        self._reformatter = VideoReformatter()
+
+    def offer(self, index: int, t_s: float, frame: av.VideoFrame, rotation: int) -> None:
+        if index % self._stride:
+            return
+        width, height = _fit_longest(frame.width, frame.height, self.config.size)
+        image = self._reformatter.reformat(
+            frame, width=width, height=height, format="bgr24", interpolation=SCALING
+        ).to_ndarray()
+        if rotation:
+            image = np.ascontiguousarray(np.rot90(image, rotation // 90))
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
+        if not ok:
+            return
+        self.encoded += 1
+        self.pool.append(_Candidate(t_s, image.shape[1], image.shape[0], jpeg.tobytes()))
+        if len(self.pool) > self.config.max_candidates:
+            self.pool = self.pool[::2]
+            self._stride *= 2
+
+    def pick(self, clips: list[Clip], keyframes: KeyframesConfig, scenes: ScenesConfig) -> list[Frame]:
+        """per_clip frames per clip, evenly spaced away from the clip's edges, max_per_video in all."""
+        chosen: list[tuple[int, _Candidate]] = []
+        used: set[int] = set()
+        slots = _slots_per_clip(len(clips), keyframes.per_clip, keyframes.max_per_video)
+        for clip_number, (clip, count) in enumerate(zip(clips, slots)):
+            if count == 0:
+                continue
+            next_boundary = clips[clip_number + 1].boundary if clip_number + 1 < len(clips) else "end"
+            for target in _targets(clip, next_boundary, count, scenes.gradual_window_s):
+                index = self._nearest(target, clip, used)
+                if index is not None:
+                    used.add(index)
+                    chosen.append((clip.clip_idx, self.pool[index]))
+        chosen.sort(key=lambda item: item[1].t_s)
+        return [
+            Frame(clip_idx=clip_idx, frame_idx=n, t_s=round(c.t_s, 3), width=c.width, height=c.height, jpeg=c.jpeg)
+            for n, (clip_idx, c) in enumerate(chosen)
+        ]
+
+    def _nearest(self, target_s: float, clip: Clip, used: set[int]) -> int | None:
+        inside = [i for i, c in enumerate(self.pool) if clip.start_s <= c.t_s < clip.end_s and i not in used]
+        return min(inside, key=lambda i: abs(self.pool[i].t_s - target_s)) if inside else None
+
+
+def _slots_per_clip(n_clips: int, per_clip: int, max_per_video: int) -> list[int]:
+    """How many keyframes each clip gets: per_clip each, or the budget spread evenly over the clips."""
+    if n_clips * per_clip <= max_per_video:
+        return [per_clip] * n_clips
+    slots = [0] * n_clips
+    # Evenly spaced clip positions, one keyframe per position; positions wrap when the budget allows
+    # more than one keyframe per clip.
+    for k in range(max_per_video):
+        slots[int((k + 0.5) * n_clips / max_per_video) % n_clips] += 1
+    return slots
+
+
+def _targets(clip: Clip, next_boundary: str, count: int, window_s: float) -> list[float]:
+    def margin(kind: str) -> float:
+        return window_s / 2 if kind == GRADUAL else EDGE_MARGIN_S
+
+    start, end = clip.start_s + margin(clip.boundary), clip.end_s - margin(next_boundary)
+    if end <= start:  # a clip shorter than its margins: aim at its middle
+        start = end = (clip.start_s + clip.end_s) / 2
+    return [start + (k + 0.5) * (end - start) / count for k in range(count)]
+
+
+class _AudioCollector:
+    """Decodes the audio packets of the same demux pass into 16 kHz mono s16, aligned to time 0."""
+
+    def __init__(self, origin_s: float):
+        self._origin_s = origin_s
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        self._pcm = bytearray()
+        self._started = False
+
+    def add_packet(self, packet: av.Packet) -> None:
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            return  # a damaged audio packet costs its few milliseconds, not the video
+        for frame in frames:
+            if not self._started:
+                self._align_start(frame)
+            self._append(self._resampler.resample(frame))
+
+    def pcm(self) -> bytes:
+        self._append(self._resampler.resample(None))
+        return bytes(self._pcm)
+
+    def _align_start(self, frame: av.AudioFrame) -> None:
+        """Sample 0 is time 0: pad with silence when audio starts late (a late start shifts ASR)."""
+        self._started = True
+        if frame.time is not None:
+            lead_samples = round((frame.time - self._origin_s) * AUDIO_RATE)
+            if lead_samples > 0:
+                self._pcm.extend(bytes(2 * lead_samples))
+
+    def _append(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            self._pcm.extend(frame.to_ndarray().tobytes())
+
+
+def _stream_fps(video: av.VideoStream) -> float:
+    for rate in (video.average_rate, video.guessed_rate, video.base_rate):
+        if rate:
+            return float(rate)
+    return 25.0
+
+
+def _probe_duration(container: av.container.InputContainer, video: av.VideoStream, origin_s: float) -> float | None:
+    if video.duration is not None and video.time_base is not None:
+        start = video.start_time * video.time_base if video.start_time is not None else Fraction(0)
+        return float(start + video.duration * video.time_base) - origin_s
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _fit_width(width: int, height: int, target_width: int) -> tuple[int, int]:
+    """Scale to target_width (never up), keeping the aspect ratio; even sizes for swscale's chroma."""
+    new_width = min(width, target_width)
+    new_height = max(2, round(height * new_width / width / 2) * 2)
+    return max(2, new_width // 2 * 2), new_height
+
+
+def _fit_longest(width: int, height: int, longest: int) -> tuple[int, int]:
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+@contextmanager
+def _ffmpeg_errors_logged():
+    """Let ffmpeg's error lines reach PyAV (off by default) so failures carry ffmpeg's own words."""
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False):  # keep them out of the process log; the failure message has them
+            yield
+    finally:
+        av.logging.set_level(previous)
+
+
+def _describe(exc: av.FFmpegError, aliases: list[str], source: str) -> str:
+    """ffmpeg's message, without PyAV's errno prefix and with the temp path replaced by the source."""
+    message = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc))
+    for alias in sorted(aliases, key=len, reverse=True):
+        message = message.replace(alias, source)
+    return message
+
+
+def _no_frames_message(source: str, last_log: tuple | None, aliases: list[str]) -> str:
+    message = f"no video frame could be decoded from {source}"
+    if last_log:
+        detail = str(last_log[-1]).strip()
+        for alias in sorted(aliases, key=len, reverse=True):
+            detail = detail.replace(alias, source)
+        message += f": {detail}"
+    return message
+
+
+# Clip mp4s for the COSMO shard format ------------------------------------------------------------
+
+
+def cut_clip_mp4s(path: Path, clips: list[Clip], max_height: int) -> dict[int, bytes]:
+    """mp4 bytes per clip, from one ffmpeg run that re-encodes at most max_height tall.
+
+    Re-encoding rather than stream copy: a stream copy can only start at the source's keyframes
+    (often 2-10 s apart), so copied clips would begin in the wrong shot or need the previous GOP.
+    A low-resolution x264 ultrafast encode with keyframes forced at every clip start cuts exactly at
+    the boundaries, and at <= 360p it costs little next to the decode. The segment muxer writes all
+    clips in one pass instead of one ffmpeg process (and one input decode) per clip.
+    """
+    if not clips:
+        return {}
+    last_end = max(c.end_s for c in clips)
+    edges = sorted({round(c.start_s, 3) for c in clips} | {round(c.end_s, 3) for c in clips})
+    cut_times = ",".join(f"{t:.3f}" for t in edges if 0 < t < last_end)
+    with tempfile.TemporaryDirectory(prefix="cosmo_clips_") as scratch:
+        listing = Path(scratch) / "segments.csv"
+        args = [
+            "ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y",
+            "-i", "file:" + str(path.resolve()),  # "file:" so no name reads as an option or a protocol
+            "-t", f"{last_end:.3f}", "-map", "0:v:0", "-map", "0:a:0?",
+            "-vf", f"scale=-2:'min({max_height},ih)'",
+            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "64k",
+            *(["-force_key_frames", cut_times, "-segment_times", cut_times] if cut_times else []),
+            "-f", "segment", "-reset_timestamps", "1", "-segment_list", str(listing), "-segment_list_type", "csv",
+            "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
+            os.path.join(scratch, "segment_%05d.mp4"),
+        ]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            message = result.stderr.strip().replace(str(path.resolve()), path.name)
+            raise RuntimeError(f"ffmpeg could not cut clips: {message[-1000:]}")
+        # Each listed segment: file name, start and end time in the output timeline.
+        segments = [line.split(",") for line in listing.read_text().splitlines() if line]
+        clip_videos: dict[int, bytes] = {}
+        for clip in clips:
+            name, _, _ = min(segments, key=lambda seg: abs(float(seg[1]) - clip.start_s))
+            clip_videos[clip.clip_idx] = (Path(scratch) / name).read_bytes()
+        return clip_videos

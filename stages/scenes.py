@@ -1,0 +1,262 @@
+"""Shot boundaries from small frames fed one at a time: hard cuts, fades and dissolves.
+
+Hard cuts come from the PySceneDetect detector chosen in ScenesConfig. Gradual transitions come from
+PySceneDetect's ThresholdDetector (fades through black) and from GradualTransitionDetector below,
+which compares each frame with the one a window earlier (dissolves, and fades that never reach full
+black). Boundaries are then thinned to at least min_clip_s apart and turned into clips no longer than
+max_clip_s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scenedetect import (
+    AdaptiveDetector,
+    ContentDetector,
+    HashDetector,
+    HistogramDetector,
+    SceneDetector,
+    ThresholdDetector,
+)
+from scenedetect.common import FrameTimecode
+
+from cosmo_data.pipeline.config import ScenesConfig
+from cosmo_data.pipeline.record import Clip
+
+CUT = "cut"
+GRADUAL = "gradual"
+
+# The gradual detector works on frames this wide: small enough that texture and small motion average
+# out, large enough to tell a blend of two shots from a moving one.
+ANALYSIS_WIDTH = 32
+# A change made of one big step is a cut, not a gradual transition.
+MAX_STEP_FRACTION = 0.5
+# A transition takes at most this many windows; a longer run of "gradual" change is a slow camera move.
+MAX_EVENT_WINDOWS = 4.0
+# A fade through black: the darkest frame is at most this fraction of the brightness at both ends.
+DARK_DIP_FRACTION = 0.35
+
+
+@dataclass
+class _Window:
+    start_s: float  # time of the earlier frame
+    end_s: float  # time of the later frame
+    change: float  # mean absolute BGR difference between the two, 0..255
+    gradual: bool  # large change, made in small steps, middle frame a blend of the ends
+
+    @property
+    def middle_s(self) -> float:
+        return (self.start_s + self.end_s) / 2
+
+
+@dataclass
+class _Sample:
+    t_s: float
+    image: np.ndarray  # ANALYSIS_WIDTH wide, float32 BGR
+    brightness: float
+    step: float  # change from the previous sample
+
+
+class GradualTransitionDetector(SceneDetector):
+    """Dissolves and fades: a large change across `window_s`, made in small steps, whose middle frame
+    is a blend of its two ends (a least-squares fit of middle ~ a*first + b*last + c leaves little).
+
+    Motion also changes a frame a lot over a window, but its middle frame is not a blend of the ends
+    (a blend of two shifted images is a ghost). A run of consecutive gradual windows is one transition,
+    placed at the darkest frame when it dips to black (a fade), else at the middle of the window with
+    the largest change (for a dissolve as long as the window, its exact middle).
+    """
+
+    def __init__(
+        self,
+        window_s: float = 1.0,
+        threshold: float = 30.0,
+        blend_tolerance: float = 0.25,
+        min_scene_len: float = 1.0,
+    ):
+        super().__init__()
+        self._window_s = window_s
+        self._threshold = threshold
+        self._blend_tolerance = blend_tolerance
+        self._min_scene_len = min_scene_len
+        self._samples: deque[_Sample] = deque()
+        self._brightness: deque[tuple[float, float]] = deque()
+        self._windows: deque[_Window] = deque()
+        self._event: list[_Window] = []
+        self._quiet_windows = 0
+        self._last_boundary_s = -math.inf
+
+    def process_frame(self, timecode: FrameTimecode, frame_img: np.ndarray) -> list[FrameTimecode]:
+        t_s = timecode.seconds
+        self._add_sample(t_s, frame_img)
+        window = self._measure()
+        if window is None:
+            return []
+        self._windows.append(window)
+        history_s = (MAX_EVENT_WINDOWS + 1) * self._window_s
+        while self._windows[0].end_s < t_s - history_s:
+            self._windows.popleft()
+        while self._brightness[0][0] < t_s - history_s - self._window_s:
+            self._brightness.popleft()
+        return self._track(window, timecode)
+
+    def post_process(self, timecode: FrameTimecode) -> list[FrameTimecode]:
+        return self._close_event(timecode)
+
+    def _add_sample(self, t_s: float, frame_img: np.ndarray) -> None:
+        height = max(1, round(frame_img.shape[0] * ANALYSIS_WIDTH / frame_img.shape[1]))
+        image = cv2.resize(frame_img, (ANALYSIS_WIDTH, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+        previous = self._samples[-1] if self._samples else None
+        step = float(np.abs(image - previous.image).mean()) if previous is not None else 0.0
+        brightness = float(image.mean())
+        self._samples.append(_Sample(t_s, image, brightness, step))
+        self._brightness.append((t_s, brightness))
+        # Keep one window of samples (plus one) to compare against.
+        while len(self._samples) > 2 and self._samples[1].t_s <= t_s - self._window_s:
+            self._samples.popleft()
+
+    def _measure(self) -> _Window | None:
+        """Compare the newest sample with the one a window earlier; None until a window has passed."""
+        newest, oldest = self._samples[-1], self._samples[0]
+        span = newest.t_s - oldest.t_s
+        if len(self._samples) < 3 or span < 0.75 * self._window_s:
+            return None
+        middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
+        change = float(np.abs(newest.image - oldest.image).mean())
+        gradual = False
+        if change >= self._threshold and max(s.step for s in list(self._samples)[1:]) <= MAX_STEP_FRACTION * change:
+            gradual = _blend_residual(oldest.image, middle.image, newest.image) <= self._blend_tolerance * change
+        return _Window(oldest.t_s, newest.t_s, change, gradual)
+
+    def _track(self, window: _Window, timecode: FrameTimecode) -> list[FrameTimecode]:
+        if window.gradual:
+            self._event.append(window)
+            self._quiet_windows = 0
+            if self._event[-1].end_s - self._event[0].end_s > MAX_EVENT_WINDOWS * self._window_s:
+                self._event = []  # a slow continuous change, not a transition
+            return []
+        if not self._event:
+            return []
+        # One quiet window inside a transition (noise) does not end it.
+        self._quiet_windows += 1
+        if self._quiet_windows < 2:
+            return []
+        return self._close_event(timecode)
+
+    def _close_event(self, timecode: FrameTimecode) -> list[FrameTimecode]:
+        if not self._event:
+            return []
+        boundary_s = self._locate(self._event)
+        self._event = []
+        self._quiet_windows = 0
+        if boundary_s - self._last_boundary_s < self._min_scene_len:
+            return []
+        self._last_boundary_s = boundary_s
+        return [FrameTimecode(max(0.0, boundary_s), fps=timecode)]
+
+    def _locate(self, event: list[_Window]) -> float:
+        start_s, end_s = event[0].start_s, event[-1].end_s
+        span = [(t, b) for t, b in self._brightness if start_s <= t <= end_s]
+        if span:
+            darkest_t, darkest = min(span, key=lambda item: item[1])
+            ends = min(span[0][1], span[-1][1])
+            if darkest < DARK_DIP_FRACTION * ends:
+                return darkest_t
+        # Windows that end up to half a window before the first gradual one still belong to the change.
+        nearby = [w for w in self._windows if event[0].end_s - self._window_s / 2 <= w.end_s <= event[-1].end_s]
+        return max(nearby or event, key=lambda w: w.change).middle_s
+
+
+def _blend_residual(first: np.ndarray, middle: np.ndarray, last: np.ndarray) -> float:
+    """Mean absolute error of the best fit middle ~ a*first + b*last + c."""
+    design = np.stack([first.ravel(), last.ravel(), np.ones(first.size, np.float32)], axis=1)
+    target = middle.ravel()
+    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return float(np.abs(target - design @ coefficients).mean())
+
+
+def hard_cut_detector(config: ScenesConfig) -> SceneDetector:
+    """The configured PySceneDetect detector; config.threshold replaces its default threshold."""
+    min_len = config.min_clip_s
+    threshold = {} if config.threshold is None else {"threshold": config.threshold}
+    if config.detector == "content":
+        return ContentDetector(min_scene_len=min_len, **threshold)
+    if config.detector == "adaptive":
+        adaptive = {} if config.threshold is None else {"adaptive_threshold": config.threshold}
+        return AdaptiveDetector(min_scene_len=min_len, **adaptive)
+    if config.detector == "histogram":
+        return HistogramDetector(min_scene_len=min_len, **threshold)
+    return HashDetector(min_scene_len=min_len, **threshold)
+
+
+class SceneBoundaryDetector:
+    """Feed small BGR frames in time order with push(); finish() returns [(t_s, kind)] sorted by time."""
+
+    def __init__(self, config: ScenesConfig):
+        self._config = config
+        # (detector, kind it reports), most precise first: on conflicts the earlier one wins.
+        self._detectors: list[tuple[SceneDetector, str]] = []
+        if config.gradual:
+            if config.fade_threshold > 0:
+                fades = ThresholdDetector(threshold=config.fade_threshold, min_scene_len=config.min_clip_s)
+                self._detectors.append((fades, GRADUAL))
+            gradual = GradualTransitionDetector(
+                window_s=config.gradual_window_s,
+                threshold=config.gradual_threshold,
+                blend_tolerance=config.gradual_blend_tolerance,
+                min_scene_len=config.min_clip_s,
+            )
+            self._detectors.append((gradual, GRADUAL))
+        self._detectors.append((hard_cut_detector(config), CUT))
+        self._found: list[list[float]] = [[] for _ in self._detectors]
+        self._last: FrameTimecode | None = None
+
+    def push(self, t_s: float, frame_bgr: np.ndarray) -> None:
+        timecode = FrameTimecode(max(0.0, float(t_s)), fps=self._config.detect_fps)
+        self._last = timecode
+        for found, (detector, _) in zip(self._found, self._detectors):
+            found.extend(tc.seconds for tc in detector.process_frame(timecode, frame_bgr))
+
+    def finish(self, duration_s: float) -> list[tuple[float, str]]:
+        """Boundaries at least min_clip_s apart (and from both ends), sorted by time."""
+        if self._last is not None:
+            for found, (detector, _) in zip(self._found, self._detectors):
+                found.extend(tc.seconds for tc in detector.post_process(self._last))
+        ranked = [(t, kind) for found, (_, kind) in zip(self._found, self._detectors) for t in found]
+        return thin_boundaries(ranked, duration_s, self._config.min_clip_s)
+
+
+def thin_boundaries(
+    ranked: list[tuple[float, str]], duration_s: float, min_clip_s: float
+) -> list[tuple[float, str]]:
+    """Keep boundaries in the given order of trust, dropping any closer than min_clip_s to one already
+    kept or to either end of the video; returns them sorted by time."""
+    kept: list[tuple[float, str]] = []
+    for t_s, kind in ranked:
+        if t_s < min_clip_s or t_s > duration_s - min_clip_s:
+            continue
+        if all(abs(t_s - other) >= min_clip_s for other, _ in kept):
+            kept.append((t_s, kind))
+    return sorted(kept)
+
+
+def clips_from_boundaries(boundaries: list[tuple[float, str]], duration_s: float, max_clip_s: float) -> list[Clip]:
+    """Contiguous clips covering [0, duration_s]; clips longer than max_clip_s are split evenly."""
+    edges = [(0.0, "start"), *boundaries, (duration_s, "end")]
+    clips: list[Clip] = []
+    for (start_s, kind), (end_s, _) in zip(edges, edges[1:]):
+        parts = max(1, math.ceil((end_s - start_s) / max_clip_s - 1e-9))
+        length = (end_s - start_s) / parts
+        for part in range(parts):
+            clips.append(Clip(
+                clip_idx=len(clips),
+                start_s=round(start_s + part * length, 3),
+                end_s=round(start_s + (part + 1) * length, 3) if part < parts - 1 else round(end_s, 3),
+                boundary=kind if part == 0 else "split",
+            ))
+    return clips

@@ -1,0 +1,39 @@
+"""Shared fixtures: generated media with ground truth, the tiny offline config, a built demo corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cosmo_data.cli import TINY_CONFIG
+from cosmo_data.pipeline.config import BuildConfig, load_config
+from cosmo_data.pipeline.samples import make_demo_videos
+
+
+@pytest.fixture(scope="session")
+def demo_videos(tmp_path_factory) -> list[Path]:
+    return make_demo_videos(tmp_path_factory.mktemp("demo_videos"))
+
+
+def tiny_config(**overrides) -> BuildConfig:
+    return load_config(TINY_CONFIG, overrides)
+
+
+@pytest.fixture(scope="session")
+def demo_sources(demo_videos, tmp_path_factory) -> Path:
+    """The demo videos plus a duplicate and a malformed line, one group per source."""
+    path = tmp_path_factory.mktemp("sources") / "sources.txt"
+    lines = [str(v) for v in demo_videos] + [str(demo_videos[0]), "not a video"]
+    path.write_text("# demo corpus\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(demo_sources, tmp_path_factory) -> Path:
+    """A real build (embedded Ray, tiny models) of demo_sources; shared by the build and corpus tests."""
+    from cosmo_data.pipeline.build import build
+
+    out = tmp_path_factory.mktemp("corpus") / "out"
+    build([demo_sources], out, tiny_config(**{"output.videos_per_shard": 1}))
+    return out
