@@ -44,7 +44,7 @@ class ScenesConfig(_Strict):
     gradual_threshold: float = Field(30.0, gt=0)
     # A dissolve's middle frame is a blend of its ends: the blend fit may leave at most this fraction
     # of the change (motion leaves much more).
-    gradual_blend_tolerance: float = Field(0.25, gt=0)
+    gradual_blend_tolerance: float = Field(0.3, gt=0)
     # Fades through black, PySceneDetect's ThresholdDetector on mean brightness.
     fade_threshold: float = Field(12.0, ge=0)
     # Frames are decoded once; the detectors see them downscaled to this width at this rate.

@@ -6,8 +6,9 @@ never trips a socket timeout, and yt-dlp blocks inside a read until a whole bloc
 neither a progress hook nor a watchdog thread gets a chance to stop it.
 
 Limits are checked as early as the metadata allows: duration and size from yt-dlp's metadata before
-anything is downloaded (match_filter), the Content-Length before the body (yt-dlp's max_filesize),
-and the bytes actually received while downloading (a progress hook) when the size is not announced.
+any media is requested (match_filter, and the page's own metadata before its media URL is opened),
+then the announced Content-Length after the first 1 KiB block and the bytes actually received while
+downloading (a progress hook), for servers and streams that announce nothing.
 """
 
 from __future__ import annotations
@@ -126,32 +127,19 @@ def backoff_s(config: DownloadConfig, attempt: int) -> float:
 def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -> Path:
     log = _CapturingLogger()
     limits = _Limits(config)
-    try:
-        with yt_dlp.YoutubeDL(_params(video_id, dest_dir, config, log, limits)) as ydl:
-            # Look before processing: a playlist would resolve (and download) every entry, and an
-            # embedding page's metadata can rule the video out before its media URL is even opened.
-            info = ydl.extract_info(url, download=False, process=False)
-            if info.get("_type") in ("playlist", "multi_video"):
-                raise VideoFailure(DOWNLOAD_FAILED, f"{url} is a playlist, not a single video")
-            limits.check_metadata(info)
-            info = ydl.process_ie_result(info, download=True)
-    except DownloadError:
-        _raise_if_over_max_filesize(log)
-        raise
+    with yt_dlp.YoutubeDL(_params(video_id, dest_dir, config, log, limits)) as ydl:
+        # Look before processing: a playlist would resolve (and download) every entry, and an
+        # embedding page's metadata can rule the video out before its media URL is even opened.
+        info = ydl.extract_info(url, download=False, process=False)
+        if info.get("_type") in ("playlist", "multi_video"):
+            raise VideoFailure(DOWNLOAD_FAILED, f"{url} is a playlist, not a single video")
+        limits.check_metadata(info)
+        info = ydl.process_ie_result(info, download=True)
     for requested in info.get("requested_downloads") or []:
         path = requested.get("filepath")
         if path and Path(path).is_file():
             return Path(path)
-    _raise_if_over_max_filesize(log)
     raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
-
-
-def _raise_if_over_max_filesize(log: _CapturingLogger) -> None:
-    # yt-dlp reports a Content-Length over max_filesize only as a message and writes nothing; for a
-    # fragmented stream the error that follows ("The downloaded file is empty") hides the reason.
-    too_large = log.find("File is larger than max-filesize")
-    if too_large:
-        raise VideoFailure(TOO_LARGE, too_large)
 
 
 def _params(
@@ -175,7 +163,6 @@ def _params(
             "fragment": lambda n: backoff_s(config, n),
             "extractor": lambda n: backoff_s(config, n),
         },
-        "max_filesize": max_filesize_bytes(config),
         "match_filter": limits.check_metadata,
         "progress_hooks": [limits.check_progress],
         "logger": log,
@@ -209,7 +196,17 @@ class _Limits:
             )
 
     def check_progress(self, progress: dict[str, Any]) -> None:
-        """yt-dlp's progress hook: stops a download whose size was not announced once it passes the limit."""
+        """yt-dlp's progress hook, called after each block (the first is 1 KiB): stops a download
+        whose announced size (Content-Length) is over the limit, or once the bytes received pass it.
+
+        yt-dlp's own max_filesize is not used: it compares each fragment of a stream with the limit
+        and then reports only "The downloaded file is empty".
+        """
+        announced = progress.get("total_bytes")
+        if announced and announced > self.max_bytes:
+            raise VideoFailure(
+                TOO_LARGE, f"server announces {announced} bytes, over the limit of {self.max_bytes} bytes (download.max_filesize_mb)"
+            )
         name = progress.get("tmpfilename") or progress.get("filename") or ""
         self.received[name] = progress.get("downloaded_bytes") or 0
         if sum(self.received.values()) > self.max_bytes:
@@ -235,9 +232,6 @@ class _CapturingLogger:
 
     def error(self, message: str) -> None:
         self.lines.append(("error", _clean(message)))
-
-    def find(self, text: str) -> str | None:
-        return next((line for _, line in reversed(self.lines) if text in line), None)
 
     def last_problem(self) -> str | None:
         return next((line for level, line in reversed(self.lines) if level in ("error", "warning")), None)

@@ -38,6 +38,10 @@ ANALYSIS_WIDTH = 32
 MAX_STEP_FRACTION = 0.5
 # A transition takes at most this many windows; a longer run of "gradual" change is a slow camera move.
 MAX_EVENT_WINDOWS = 4.0
+# A dissolve changes the picture more than the motion of the shots on either side of it: its largest
+# window change must exceed the change over the window just before and just after by this factor.
+# (Steady motion gives about 1.0 or less; the generated dissolves give 1.3 and more.)
+MIN_PROMINENCE = 1.2
 # A fade through black: the darkest frame is at most this fraction of the brightness at both ends.
 DARK_DIP_FRACTION = 0.35
 
@@ -63,20 +67,22 @@ class _Sample:
 
 
 class GradualTransitionDetector(SceneDetector):
-    """Dissolves and fades: a large change across `window_s`, made in small steps, whose middle frame
-    is a blend of its two ends (a least-squares fit of middle ~ a*first + b*last + c leaves little).
+    """Dissolves and fades, from the change between each frame and the one `window_s` earlier.
 
-    Motion also changes a frame a lot over a window, but its middle frame is not a blend of the ends
-    (a blend of two shifted images is a ghost). A run of consecutive gradual windows is one transition,
-    placed at the darkest frame when it dips to black (a fade), else at the middle of the window with
-    the largest change (for a dissolve as long as the window, its exact middle).
+    A window is gradual when that change is large, made in small steps (else it holds a cut) and the
+    middle frame is a blend of the two ends (a least-squares fit middle ~ a*first + b*last + c leaves
+    little; a blend of two shifted images is a ghost, so motion leaves much more). A run of gradual
+    windows is one transition. It is a fade when the frames dip to black, placed at the darkest one;
+    else it is a dissolve if its largest change stands out from the windows just before and after it
+    (steady motion does not), placed at the middle of that window - for a dissolve as long as the
+    window, exactly its middle.
     """
 
     def __init__(
         self,
         window_s: float = 1.0,
         threshold: float = 30.0,
-        blend_tolerance: float = 0.25,
+        blend_tolerance: float = 0.3,
         min_scene_len: float = 1.0,
     ):
         super().__init__()
@@ -89,6 +95,8 @@ class GradualTransitionDetector(SceneDetector):
         self._windows: deque[_Window] = deque()
         self._event: list[_Window] = []
         self._quiet_windows = 0
+        # Dissolve peaks waiting for the window after them, to judge their prominence.
+        self._pending: list[_Window] = []
         self._last_boundary_s = -math.inf
 
     def process_frame(self, timecode: FrameTimecode, frame_img: np.ndarray) -> list[FrameTimecode]:
@@ -98,15 +106,18 @@ class GradualTransitionDetector(SceneDetector):
         if window is None:
             return []
         self._windows.append(window)
-        history_s = (MAX_EVENT_WINDOWS + 1) * self._window_s
+        history_s = (MAX_EVENT_WINDOWS + 3) * self._window_s
         while self._windows[0].end_s < t_s - history_s:
             self._windows.popleft()
-        while self._brightness[0][0] < t_s - history_s - self._window_s:
+        while self._brightness[0][0] < t_s - history_s:
             self._brightness.popleft()
-        return self._track(window, timecode)
+        found = self._track(window)
+        found += self._judge_pending(final=False)
+        return self._emit(found, timecode)
 
     def post_process(self, timecode: FrameTimecode) -> list[FrameTimecode]:
-        return self._close_event(timecode)
+        found = self._close_event() if self._event else []
+        return self._emit(found + self._judge_pending(final=True), timecode)
 
     def _add_sample(self, t_s: float, frame_img: np.ndarray) -> None:
         height = max(1, round(frame_img.shape[0] * ANALYSIS_WIDTH / frame_img.shape[1]))
@@ -123,17 +134,17 @@ class GradualTransitionDetector(SceneDetector):
     def _measure(self) -> _Window | None:
         """Compare the newest sample with the one a window earlier; None until a window has passed."""
         newest, oldest = self._samples[-1], self._samples[0]
-        span = newest.t_s - oldest.t_s
-        if len(self._samples) < 3 or span < 0.75 * self._window_s:
+        if len(self._samples) < 3 or newest.t_s - oldest.t_s < 0.75 * self._window_s:
             return None
-        middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
         change = float(np.abs(newest.image - oldest.image).mean())
         gradual = False
-        if change >= self._threshold and max(s.step for s in list(self._samples)[1:]) <= MAX_STEP_FRACTION * change:
+        steps = [s.step for s in list(self._samples)[1:]]
+        if change >= self._threshold and max(steps) <= MAX_STEP_FRACTION * change:
+            middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
             gradual = _blend_residual(oldest.image, middle.image, newest.image) <= self._blend_tolerance * change
         return _Window(oldest.t_s, newest.t_s, change, gradual)
 
-    def _track(self, window: _Window, timecode: FrameTimecode) -> list[FrameTimecode]:
+    def _track(self, window: _Window) -> list[float]:
         if window.gradual:
             self._event.append(window)
             self._quiet_windows = 0
@@ -142,34 +153,48 @@ class GradualTransitionDetector(SceneDetector):
             return []
         if not self._event:
             return []
-        # One quiet window inside a transition (noise) does not end it.
+        # A couple of quiet windows inside a transition (noise, motion) do not end it.
         self._quiet_windows += 1
-        if self._quiet_windows < 2:
-            return []
-        return self._close_event(timecode)
+        return self._close_event() if self._quiet_windows > 2 else []
 
-    def _close_event(self, timecode: FrameTimecode) -> list[FrameTimecode]:
-        if not self._event:
-            return []
-        boundary_s = self._locate(self._event)
-        self._event = []
-        self._quiet_windows = 0
-        if boundary_s - self._last_boundary_s < self._min_scene_len:
-            return []
-        self._last_boundary_s = boundary_s
-        return [FrameTimecode(max(0.0, boundary_s), fps=timecode)]
-
-    def _locate(self, event: list[_Window]) -> float:
+    def _close_event(self) -> list[float]:
+        event, self._event, self._quiet_windows = self._event, [], 0
         start_s, end_s = event[0].start_s, event[-1].end_s
         span = [(t, b) for t, b in self._brightness if start_s <= t <= end_s]
-        if span:
-            darkest_t, darkest = min(span, key=lambda item: item[1])
-            ends = min(span[0][1], span[-1][1])
-            if darkest < DARK_DIP_FRACTION * ends:
-                return darkest_t
-        # Windows that end up to half a window before the first gradual one still belong to the change.
-        nearby = [w for w in self._windows if event[0].end_s - self._window_s / 2 <= w.end_s <= event[-1].end_s]
-        return max(nearby or event, key=lambda w: w.change).middle_s
+        darkest_t, darkest = min(span, key=lambda item: item[1])
+        if darkest < DARK_DIP_FRACTION * min(span[0][1], span[-1][1]):
+            return [darkest_t]
+        # Windows ending up to half a window before the first gradual one still belong to the change.
+        nearby = [w for w in self._windows if event[0].end_s - self._window_s / 2 <= w.end_s <= end_s]
+        self._pending.append(max(nearby or event, key=lambda w: w.change))
+        return []
+
+    def _judge_pending(self, *, final: bool) -> list[float]:
+        """Dissolve peaks whose following window has arrived (or all, at the end), if prominent."""
+        if not self._pending:
+            return []
+        newest_end = self._windows[-1].end_s
+        ready = [p for p in self._pending if final or newest_end >= p.end_s + self._window_s * 0.95]
+        self._pending = [p for p in self._pending if p not in ready]
+        return [peak.middle_s for peak in ready if self._prominence(peak) >= MIN_PROMINENCE]
+
+    def _prominence(self, peak: _Window) -> float:
+        """Peak change over the larger change of the windows that end where the peak starts (all
+        before it) and start where it ends (all after it)."""
+        around = [
+            min(self._windows, key=lambda w: abs(w.end_s - at)).change
+            for at in (peak.start_s, peak.end_s + self._window_s)
+            if any(abs(w.end_s - at) <= self._window_s / 4 for w in self._windows)
+        ]
+        return peak.change / max([*around, 1e-6])
+
+    def _emit(self, boundaries: list[float], timecode: FrameTimecode) -> list[FrameTimecode]:
+        emitted = []
+        for boundary_s in sorted(boundaries):
+            if boundary_s - self._last_boundary_s >= self._min_scene_len:
+                self._last_boundary_s = boundary_s
+                emitted.append(FrameTimecode(max(0.0, boundary_s), fps=timecode))
+        return emitted
 
 
 def _blend_residual(first: np.ndarray, middle: np.ndarray, last: np.ndarray) -> float:

@@ -72,7 +72,8 @@ FAILURES: list[tuple[str, str, str]] = [
      "invalid source line 9: unsupported URL scheme 'ftp'; expected a YouTube id, an http(s) URL or a path"),
 ]
 
-STAGES = ("download", "decode", "scenes", "keyframes", "asr", "caption", "clip_score", "assign")
+# The timings keys a build records: the video stage's steps, then one per model stage.
+STAGES = ("download", "decode", "clip_mp4", "video", "asr", "caption", "document", "clip_score", "assign")
 
 
 def scene_jpeg(seed: int, width: int = 256, height: int = 144) -> bytes:
@@ -194,9 +195,6 @@ class Corpus:
     @property
     def ok_records(self) -> list[VideoRecord]:
         return [r for r in self.records if r.ok]
-
-    def group_of(self, record: VideoRecord) -> str:
-        return f"{record.source_index // self.videos_per_group:06d}"
 
 
 def write_corpus(out: Path, records: list[VideoRecord], *, videos_per_group: int = 3,

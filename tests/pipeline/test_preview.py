@@ -295,3 +295,16 @@ def test_format_time():
     assert format_time(75.34) == "1:15.3"
     assert format_time(3725.0) == "1:02:05.0"
     assert format_time(None) == "?"
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_real_build_previews_with_every_keyframe(demo_corpus, browser, tmp_path):
+    result = write_preview(demo_corpus, tmp_path / "real.html")
+    assert result.documents > 0 and result.images > 0 and result.missing_images == 0
+    browser.open(result.path.as_uri())
+    facts = json.loads(browser.evaluate(PAGE_FACTS))
+    assert len(facts["images"]) == result.images
+    assert all(i["complete"] and i["width"] > 0 for i in facts["images"]), facts["images"]
+    assert browser.console_errors() == []
+    assert_not_blank(browser.screenshot())

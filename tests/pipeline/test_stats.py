@@ -120,3 +120,14 @@ def test_a_corpus_of_failures_only_has_no_averages(tmp_path):
     assert stats["mean_matched_similarity"] is None and stats["hours_of_video"] == 0
     text = format_stats(stats)
     assert any(line.split() == ["clips", "per", "video", "-"] for line in text.splitlines())
+
+
+@pytest.mark.slow
+def test_stats_of_a_real_build_agree_with_its_summary(demo_corpus):
+    stats = compute_stats(demo_corpus)
+    summary = json.loads((demo_corpus / "build.json").read_text())
+    assert stats["videos_total"] == summary["sources"]
+    assert stats["videos_ok"] == summary["ok"] == stats["samples"]
+    assert stats["failures"] == summary["failures"]
+    assert stats["hours_of_video"] > 0 and stats["avg_clips"] >= 1
+    assert set(stats["stage_seconds"]) >= {"video", "assign"}

@@ -173,3 +173,10 @@ def test_a_folder_that_is_not_a_build(tmp_path):
     report = validate(tmp_path)
     assert report.problems[0] == "_state/run.json is missing: this folder was not written by `cosmo-data build`"
     assert not validate(tmp_path / "nowhere").ok
+
+
+@pytest.mark.slow
+def test_a_real_build_is_valid(demo_corpus):
+    report = validate(demo_corpus)
+    assert report.problems == []
+    assert report.counts["documents"] > 0 and report.counts["images_decoded"] > 0

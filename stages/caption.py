@@ -1,0 +1,144 @@
+"""One caption per keyframe, batched across the keyframes of all videos in a batch.
+
+Two backends behind one small interface (caption(images) -> one string per image):
+"open_clip" runs a CoCa model, "hf" any transformers image-to-text model (BLIP, BLIP-2, GIT, ...).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from cosmo_data.pipeline.config import BuildConfig, CaptionConfig
+from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
+from cosmo_data.pipeline.stage import Resources
+from cosmo_data.stages.models import (
+    ModelLoadError,
+    load_hf_captioner,
+    load_open_clip,
+    pick_device,
+    process_batched,
+)
+
+
+class Captioner(Protocol):
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        """One caption per image, same order."""
+
+
+class CocaCaptioner:
+    """Greedy decoding with an open_clip CoCa model.
+
+    CoCa.generate() needs transformers' BeamSearchScorer, which transformers 5 removed, so the
+    decoding loop is written here against CoCa's own forward pass (image embeddings computed once).
+    """
+
+    # open_clip's CoCa.generate also keeps end-of-text away for the first tokens.
+    MIN_TOKENS = 5
+
+    def __init__(self, config: CaptionConfig, device: str):
+        loaded = load_open_clip(config.model, config.pretrained, device, config.fp16)
+        if not hasattr(loaded.model, "text_decoder"):
+            raise ModelLoadError(f"open_clip model {config.model!r} cannot caption: only CoCa models have a text decoder")
+        self.loaded = loaded
+        tokenizer = loaded.tokenizer
+        self.sot, self.eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+        # Tokens after the start token must fit the decoder's context.
+        self.max_tokens = min(config.max_tokens, loaded.model.context_length - 1)
+
+    @torch.no_grad()
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        model, device = self.loaded.model, self.loaded.device
+        pixels = torch.stack([self.loaded.preprocess(image) for image in images]).to(device, self.loaded.dtype)
+        encoded = model(pixels)  # without text, CoCa returns the image embeddings the decoder attends to
+        image_latent, image_embs = encoded["image_features"], encoded["image_embs"]
+        tokens = torch.full((len(images), 1), self.sot, dtype=torch.long, device=device)
+        finished = torch.zeros(len(images), dtype=torch.bool, device=device)
+        for step in range(self.max_tokens):
+            logits = model(pixels, tokens, image_latent=image_latent, image_embs=image_embs, output_labels=False)[
+                "logits"
+            ][:, -1]
+            if step < self.MIN_TOKENS:
+                logits[:, self.eot] = float("-inf")
+            next_tokens = logits.argmax(dim=-1).masked_fill(finished, self.eot)
+            tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+            finished |= next_tokens == self.eot
+            if finished.all():
+                break
+        return [self._text(row.tolist()[1:]) for row in tokens]
+
+    def _text(self, ids: list[int]) -> str:
+        if self.eot in ids:
+            ids = ids[: ids.index(self.eot)]
+        text = self.loaded.tokenizer.decode(ids)
+        return " ".join(text.replace("<start_of_text>", "").replace("<end_of_text>", "").split())
+
+
+class HfCaptioner:
+    """transformers image-to-text: processor + generate, with an optional text prompt."""
+
+    def __init__(self, config: CaptionConfig, device: str):
+        self.processor, self.model = load_hf_captioner(config.model, device, config.fp16)
+        self.prompt = config.prompt
+        self.max_tokens = config.max_tokens
+
+    @torch.no_grad()
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        prompts = [self.prompt] * len(images) if self.prompt else None
+        inputs = self.processor(images=images, text=prompts, return_tensors="pt").to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        output = self.model.generate(**inputs, max_new_tokens=self.max_tokens)
+        texts = self.processor.batch_decode(output, skip_special_tokens=True)
+        return [self._without_prompt(text.strip()) for text in texts]
+
+    def _without_prompt(self, text: str) -> str:
+        # Encoder-decoder captioners (BLIP) echo the prompt; decoder-only ones return new text only.
+        if self.prompt and text.lower().startswith(self.prompt.strip().lower()):
+            return text[len(self.prompt.strip()) :].strip()
+        return text
+
+
+def open_frame(record: VideoRecord, frame: Frame, failure_status: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(frame.jpeg)) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError or SyntaxError on bad data
+        raise VideoFailure(
+            failure_status, f"keyframe {frame.frame_idx} of {record.source} is not a readable JPEG: {exc}"
+        ) from exc
+
+
+class CaptionStage:
+    """Fills record.frames[i].caption for every keyframe of every ok record."""
+
+    name = "caption"
+
+    def __init__(self, config: BuildConfig):
+        self.config = config.caption
+        resources = config.caption.resources
+        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.batch_size = resources.batch_size
+        self.captioner: Captioner | None = None
+
+    def setup(self) -> None:
+        device = pick_device(self.config.resources)
+        if self.config.backend == "open_clip":
+            self.captioner = CocaCaptioner(self.config, device)
+        else:
+            self.captioner = HfCaptioner(self.config, device)
+
+    def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
+        return process_batched(batch, self._caption, stage=self.name, failure_status=CAPTION_FAILED)
+
+    def _caption(self, records: list[VideoRecord]) -> None:
+        frames = [frame for record in records for frame in record.frames]
+        images = [open_frame(record, frame, CAPTION_FAILED) for record in records for frame in record.frames]
+        per_forward = self.config.resources.batch_size
+        captions: list[str] = []
+        for start in range(0, len(images), per_forward):
+            captions.extend(self.captioner.caption(images[start : start + per_forward]))
+        for frame, caption in zip(frames, captions, strict=True):
+            frame.caption = caption

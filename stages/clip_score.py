@@ -1,0 +1,78 @@
+"""CLIP similarity of every document image against every document sentence (MMC4's matrix).
+
+Runs after the document stage and before assignment: record.document.similarity[i][j] is the cosine
+similarity of image i (record.frames[document.image_frames[i]]) and sentence j, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from cosmo_data.pipeline.config import BuildConfig
+from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, VideoRecord
+from cosmo_data.pipeline.stage import Resources
+from cosmo_data.stages.caption import open_frame
+from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device, process_batched
+
+
+class ClipScoreStage:
+    name = "clip_score"
+
+    def __init__(self, config: BuildConfig):
+        self.config = config.clip_score
+        resources = config.clip_score.resources
+        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.batch_size = resources.batch_size
+        self.clip: OpenClipModel | None = None
+
+    def setup(self) -> None:
+        device = pick_device(self.config.resources)
+        self.clip = load_open_clip(self.config.model, self.config.pretrained, device, self.config.fp16)
+
+    def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
+        return process_batched(batch, self._score, stage=self.name, failure_status=CLIP_SCORE_FAILED)
+
+    def _score(self, records: list[VideoRecord]) -> None:
+        scored = [r for r in records if r.document is not None and r.document.sentences and r.frames]
+        if not scored:
+            return
+        # A document that has not chosen its images yet is scored on all keyframes.
+        image_frames = [r.document.image_frames or list(range(len(r.frames))) for r in scored]
+        images = [
+            open_frame(record, record.frames[k], CLIP_SCORE_FAILED)
+            for record, indices in zip(scored, image_frames)
+            for k in indices
+        ]
+        texts = [sentence.text for record in scored for sentence in record.document.sentences]
+        image_embeddings = self._embed_images(images)
+        text_embeddings = self._embed_texts(texts)
+        similarities = []
+        image_at = text_at = 0
+        for record, indices in zip(scored, image_frames):
+            n_images, n_texts = len(indices), len(record.document.sentences)
+            block = image_embeddings[image_at : image_at + n_images] @ text_embeddings[text_at : text_at + n_texts].T
+            similarities.append(block.clamp(-1.0, 1.0).tolist())
+            image_at, text_at = image_at + n_images, text_at + n_texts
+        for record, indices, similarity in zip(scored, image_frames, similarities):
+            record.document.image_frames = indices
+            record.document.similarity = similarity
+
+    @torch.no_grad()
+    def _embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        clip, per_forward = self.clip, self.config.resources.batch_size
+        chunks = []
+        for start in range(0, len(images), per_forward):
+            pixels = torch.stack([clip.preprocess(image) for image in images[start : start + per_forward]])
+            chunks.append(clip.model.encode_image(pixels.to(clip.device, clip.dtype)).float())
+        return torch.nn.functional.normalize(torch.cat(chunks).cpu(), dim=-1)
+
+    @torch.no_grad()
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        clip, per_forward = self.clip, self.config.resources.batch_size
+        chunks = []
+        for start in range(0, len(texts), per_forward):
+            tokens = clip.tokenizer(texts[start : start + per_forward])
+            chunks.append(clip.model.encode_text(tokens.to(clip.device)).float())
+        return torch.nn.functional.normalize(torch.cat(chunks).cpu(), dim=-1)
+
