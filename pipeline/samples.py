@@ -80,6 +80,57 @@ class GroundTruth:
         return cls(**data)
 
 
+@dataclass
+class BoundaryScore:
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    kinds_right: int  # matched boundaries whose kind ("cut"/"gradual") is right too
+
+    @property
+    def precision(self) -> float:
+        found = self.true_positives + self.false_positives
+        return self.true_positives / found if found else 1.0
+
+    @property
+    def recall(self) -> float:
+        truth = self.true_positives + self.false_negatives
+        return self.true_positives / truth if truth else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def __add__(self, other: BoundaryScore) -> BoundaryScore:
+        return BoundaryScore(self.true_positives + other.true_positives, self.false_positives + other.false_positives,
+                             self.false_negatives + other.false_negatives, self.kinds_right + other.kinds_right)
+
+
+# A detected boundary matches a true one this close (a gradual transition has no single right frame).
+TOLERANCE_S = {"cut": 0.25, "gradual": 0.6}
+
+
+def score_boundaries(truth: list[TruthBoundary], found: list[tuple[float, str]]) -> BoundaryScore:
+    """Match detected (t_s, kind) boundaries one-to-one to the truth, closest pairs first, within
+    TOLERANCE_S of the true boundary's kind."""
+    pairs = sorted(
+        (abs(t.t_s - f[0]), i, j)
+        for i, t in enumerate(truth) for j, f in enumerate(found)
+        if abs(t.t_s - f[0]) <= TOLERANCE_S[t.kind]
+    )
+    truth_used: set[int] = set()
+    found_used: set[int] = set()
+    kinds_right = 0
+    for _, i, j in pairs:
+        if i in truth_used or j in found_used:
+            continue
+        truth_used.add(i)
+        found_used.add(j)
+        kinds_right += truth[i].kind == found[j][1]
+    return BoundaryScore(len(truth_used), len(found) - len(found_used), len(truth) - len(truth_used), kinds_right)
+
+
 def ground_truth_path(video_path: Path) -> Path:
     return video_path.with_name(video_path.name + ".json")
 
@@ -106,12 +157,15 @@ def make_sample_video(
     speech_start_s: float = 0.5,
     speech_gap_s: float = 0.8,
     keyframe_interval_s: float = 2.0,
+    preset: str = "ultrafast",
 ) -> GroundTruth:
     """Write a video of shots (`segments` = shot lengths in seconds) joined by `transitions`.
 
     Gradual transitions last TRANSITION_S; a dissolve or fadeblack overlaps the two shots, so the
     video is shorter than sum(segments) by TRANSITION_S per overlap. The container and codecs follow
-    the suffix (.mp4/.mov/.mkv: H.264 + AAC, .webm: VP8 + Opus). Returns (and saves) the ground truth.
+    the suffix (.mp4/.mov/.mkv: H.264 + AAC, .webm: VP8 + Opus); `preset` is x264's (ultrafast keeps
+    tests quick; slower presets add B-frames and CABAC, as real uploads have). Returns (and saves) the
+    ground truth.
     """
     if len(transitions) != len(segments) - 1:
         raise ValueError("need exactly one transition between each pair of segments")
@@ -135,10 +189,13 @@ def make_sample_video(
         maps = ["-map", "[video]"]
         if audio:
             graph.append(_audio_graph(spoken, duration))
-            maps += ["-map", "[audio]"]
+            # Opus takes fixed 20 ms frames at 48 kHz, which a filter graph output does not deliver.
+            if path.suffix.lower() == ".webm":
+                graph.append("[audio]aresample=48000,asetnsamples=n=960:p=0[audio_out]")
+            maps += ["-map", "[audio_out]" if path.suffix.lower() == ".webm" else "[audio]"]
         run_ffmpeg(
             [*inputs, "-filter_complex", ";".join(graph), *maps, "-t", f"{duration:.3f}",
-             *_codec_args(path, fps, keyframe_interval_s, audio), str(path)]
+             *_codec_args(path, fps, keyframe_interval_s, audio, preset), str(path)]
         )
 
     truth = GroundTruth(
@@ -242,14 +299,14 @@ def _audio_graph(spoken: list[SpokenSentence], duration: float) -> str:
     return ";".join(parts)
 
 
-def _codec_args(path: Path, fps: float, keyframe_interval_s: float, audio: bool) -> list[str]:
+def _codec_args(path: Path, fps: float, keyframe_interval_s: float, audio: bool, preset: str) -> list[str]:
     gop = ["-g", str(max(1, round(fps * keyframe_interval_s)))]
     suffix = path.suffix.lower()
     if suffix == ".webm":
         video = ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "600k", *gop]
         sound = ["-c:a", "libopus", "-b:a", "48k"]
     else:
-        video = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p", *gop]
+        video = ["-c:v", "libx264", "-preset", preset, "-crf", "23", "-pix_fmt", "yuv420p", *gop]
         sound = ["-c:a", "aac", "-b:a", "64k"]
     container = ["-movflags", "+faststart"] if suffix in (".mp4", ".mov", ".m4v") else []
     return [*video, *(sound if audio else ["-an"]), *container]

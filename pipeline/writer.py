@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cosmo_data import schemas
-from cosmo_data.pipeline.record import SHARD_FAILED, VideoRecord
+from cosmo_data.pipeline.record import FILTERED, SHARD_FAILED, VideoRecord
 from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError
 
 STATE_DIR = "_state"
@@ -176,13 +176,18 @@ class CorpusWriter:
         self.write_manifests()
 
     def _samples(self, records: list[VideoRecord]) -> dict[str, list[dict[str, bytes]]]:
-        """Samples per format; a record one format cannot hold fails in all, so formats never disagree."""
+        """Samples per format; a record that a format cannot hold fails in all, so formats never disagree."""
         samples: dict[str, list[dict[str, bytes]]] = {fmt: [] for fmt in self.formats}
         for record in records:
             try:
                 per_format = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
             except ShardFormatError as exc:
                 record.fail(SHARD_FAILED, str(exc))
+                continue
+            empty = [fmt for fmt, sample in per_format.items() if sample is None]
+            if record.ok and empty:
+                # Every document is in every format, or in none: trainers mixing formats see one corpus.
+                record.fail(FILTERED, f"document has nothing to write in the {', '.join(empty)} format")
                 continue
             for fmt, sample in per_format.items():
                 if sample is not None:

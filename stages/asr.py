@@ -267,8 +267,8 @@ def to_segments(transcription: Transcription, duration_s: float) -> list[Segment
         segments.append(
             Segment(
                 seg_idx=len(segments),
-                start_s=raw.start_s,
-                end_s=min(raw.end_s, duration_s),
+                start_s=round(raw.start_s, 3),
+                end_s=round(min(raw.end_s, duration_s), 3),
                 text=raw.text,
                 avg_logprob=raw.avg_logprob,
                 no_speech_prob=raw.no_speech_prob,

@@ -12,11 +12,12 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from cosmo_data.pipeline.config import BuildConfig, CaptionConfig
+from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
 from cosmo_data.pipeline.stage import Resources
 from cosmo_data.stages.models import (
-    ModelLoadError,
+    ModelError,
+    OpenClipModel,
     load_hf_captioner,
     load_open_clip,
     pick_device,
@@ -36,18 +37,15 @@ class CocaCaptioner:
     decoding loop is written here against CoCa's own forward pass (image embeddings computed once).
     """
 
-    # open_clip's CoCa.generate also keeps end-of-text away for the first tokens.
-    MIN_TOKENS = 5
-
-    def __init__(self, config: CaptionConfig, device: str):
-        loaded = load_open_clip(config.model, config.pretrained, device, config.fp16)
+    def __init__(self, loaded: OpenClipModel, max_tokens: int, min_tokens: int = 5):
         if not hasattr(loaded.model, "text_decoder"):
-            raise ModelLoadError(f"open_clip model {config.model!r} cannot caption: only CoCa models have a text decoder")
+            raise ModelError(f"open_clip model {loaded.name!r} cannot caption: only CoCa models have a text decoder")
         self.loaded = loaded
-        tokenizer = loaded.tokenizer
-        self.sot, self.eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+        self.sot, self.eot = loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id
         # Tokens after the start token must fit the decoder's context.
-        self.max_tokens = min(config.max_tokens, loaded.model.context_length - 1)
+        self.max_tokens = min(max_tokens, loaded.model.context_length - 1)
+        # End-of-text is held back for the first tokens, as open_clip's CoCa.generate does.
+        self.min_tokens = min_tokens
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image]) -> list[str]:
@@ -61,7 +59,7 @@ class CocaCaptioner:
             logits = model(pixels, tokens, image_latent=image_latent, image_embs=image_embs, output_labels=False)[
                 "logits"
             ][:, -1]
-            if step < self.MIN_TOKENS:
+            if step < self.min_tokens:
                 logits[:, self.eot] = float("-inf")
             next_tokens = logits.argmax(dim=-1).masked_fill(finished, self.eot)
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
@@ -80,10 +78,10 @@ class CocaCaptioner:
 class HfCaptioner:
     """transformers image-to-text: processor + generate, with an optional text prompt."""
 
-    def __init__(self, config: CaptionConfig, device: str):
-        self.processor, self.model = load_hf_captioner(config.model, device, config.fp16)
-        self.prompt = config.prompt
-        self.max_tokens = config.max_tokens
+    def __init__(self, processor, model: torch.nn.Module, prompt: str | None, max_tokens: int):
+        self.processor, self.model = processor, model
+        self.prompt = prompt
+        self.max_tokens = max_tokens
 
     @torch.no_grad()
     def caption(self, images: list[Image.Image]) -> list[str]:
@@ -124,11 +122,13 @@ class CaptionStage:
         self.captioner: Captioner | None = None
 
     def setup(self) -> None:
-        device = pick_device(self.config.resources)
-        if self.config.backend == "open_clip":
-            self.captioner = CocaCaptioner(self.config, device)
+        config, device = self.config, pick_device(self.config.resources)
+        if config.backend == "open_clip":
+            loaded = load_open_clip(config.model, config.pretrained, device, config.fp16)
+            self.captioner = CocaCaptioner(loaded, config.max_tokens)
         else:
-            self.captioner = HfCaptioner(self.config, device)
+            processor, model = load_hf_captioner(config.model, device, config.fp16)
+            self.captioner = HfCaptioner(processor, model, config.prompt, config.max_tokens)
 
     def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
         return process_batched(batch, self._caption, stage=self.name, failure_status=CAPTION_FAILED)

@@ -38,6 +38,8 @@ SCALING = "BILINEAR"
 # Keyframes keep this far from a hard edge of their clip (a cut or a split); from a gradual edge they
 # keep half the transition window, where the two shots are blended.
 EDGE_MARGIN_S = 0.1
+# Header and decoded durations closer than this agree; further apart, the decoded one is the truth.
+DURATION_SLACK_S = 0.5
 
 
 @dataclass
@@ -121,7 +123,9 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
 
     decoded_end_s = scan.end_s
     probed_s = _probe_duration(container, video, origin_s)
-    duration_s = decoded_end_s if error or probed_s is None else max(probed_s, decoded_end_s)
+    # The header's duration, unless decoding says otherwise (a truncated file still claims it all).
+    trust_probe = error is None and probed_s is not None and abs(probed_s - decoded_end_s) <= DURATION_SLACK_S
+    duration_s = probed_s if trust_probe else decoded_end_s
     clips = clips_from_boundaries(scan.scenes.finish(decoded_end_s), decoded_end_s, config.scenes.max_clip_s)
     frames = scan.candidates.pick(clips, config.keyframes, config.scenes)
     width, height = scan.display_size

@@ -18,9 +18,11 @@ import multiprocessing
 import os
 import re
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +49,8 @@ MB = 1024 * 1024
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A child killed for its deadline has this long to exit before the parent stops waiting for it.
 KILL_WAIT_S = 10.0
+# ffprobe reads only the container header; this is a guard against a hung process, not a limit.
+PROBE_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
 
@@ -58,7 +62,9 @@ def download(record: VideoRecord, dest_dir: Path, config: DownloadConfig, *, dea
     Local files are used where they are, never copied. Raises VideoFailure.
     """
     if record.source_kind == "local":
-        return local_file(record, config)
+        path = local_file(record, config)
+        check_duration(path, config)
+        return path
     if record.source_kind not in ("youtube", "url"):
         raise VideoFailure(INVALID_SOURCE, record.error or f"nothing to download for source {record.source!r}")
     limit_s = config.deadline_s if deadline_s is None else deadline_s
@@ -87,14 +93,44 @@ def local_file(record: VideoRecord, config: DownloadConfig) -> Path:
         raise VideoFailure(DOWNLOAD_FAILED, f"local source is not a regular file: {record.source}")
     if not os.access(path, os.R_OK):
         raise VideoFailure(DOWNLOAD_FAILED, f"cannot read local file {record.source}: Permission denied")
-    max_bytes = max_filesize_bytes(config)
-    if size > max_bytes:
-        raise VideoFailure(TOO_LARGE, f"file is {size} bytes, over the limit of {max_bytes} bytes (download.max_filesize_mb)")
+    if size > max_filesize_bytes(config):
+        raise too_large(f"file is {size} bytes", config)
     return path
 
 
 def max_filesize_bytes(config: DownloadConfig) -> int:
     return int(config.max_filesize_mb * MB)
+
+
+def check_duration(path: Path, config: DownloadConfig) -> None:
+    """Duration from the file itself, for sources without metadata (local files, direct links)."""
+    duration = probe_duration_s(path)
+    if duration is not None and duration > config.max_duration_s:
+        raise too_long(duration, config)
+
+
+def probe_duration_s(path: Path) -> float | None:
+    """The container's duration per ffprobe; None when it has none or the file is unreadable
+    (the decoder then reports what is wrong in its own words)."""
+    try:
+        result = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1",
+             "file:" + str(Path(path).resolve())],
+            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+        )
+        return float(result.stdout.strip())
+    except (ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def too_long(duration_s: float, config: DownloadConfig) -> VideoFailure:
+    limit = f"the limit of {config.max_duration_s:g} s (download.max_duration_s)"
+    return VideoFailure(TOO_LONG, f"duration {duration_s:g} s is over {limit}")
+
+
+def too_large(what: str, config: DownloadConfig) -> VideoFailure:
+    limit = f"the limit of {max_filesize_bytes(config)} bytes (download.max_filesize_mb)"
+    return VideoFailure(TOO_LARGE, f"{what}, over {limit}")
 
 
 # --- yt-dlp, run inside the child process -------------------------------------------------------
@@ -107,7 +143,8 @@ def fetch_url(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -
     find the media (webpage, API, or the generic extractor's first GET) it does not retry, so this
     loop does, with exponential backoff, when the cause is a connection problem or a 5xx/429.
     """
-    for attempt in range(config.retries + 1):
+    attempt = 0
+    while True:
         try:
             return _fetch_once(url, video_id, dest_dir, config)
         except DownloadError as error:
@@ -116,7 +153,7 @@ def fetch_url(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -
                 tries = f" (gave up after {attempt + 1} attempts)" if attempt else ""
                 raise VideoFailure(_status_for(message), message + tries) from None
             time.sleep(backoff_s(config, attempt))
-    raise AssertionError("unreachable: the last attempt returns or raises")
+            attempt += 1
 
 
 def backoff_s(config: DownloadConfig, attempt: int) -> float:
@@ -138,6 +175,8 @@ def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig)
     for requested in info.get("requested_downloads") or []:
         path = requested.get("filepath")
         if path and Path(path).is_file():
+            if not info.get("duration"):
+                check_duration(Path(path), config)
             return Path(path)
     raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
 
@@ -176,7 +215,7 @@ class _Limits:
     """Duration and size limits, checked from metadata before downloading and from bytes during it."""
 
     def __init__(self, config: DownloadConfig):
-        self.max_duration_s = config.max_duration_s
+        self.config = config
         self.max_bytes = max_filesize_bytes(config)
         self.received: dict[str, int] = {}
 
@@ -185,15 +224,11 @@ class _Limits:
         raising stops it before any media is downloaded. Sizes are the ones yt-dlp trusts: it leaves
         filesize_approx unset for streaming manifests, whose bitrates are peaks, not averages."""
         duration = info.get("duration")
-        if duration and duration > self.max_duration_s:
-            raise VideoFailure(
-                TOO_LONG, f"duration {duration:g} s is over the limit of {self.max_duration_s:g} s (download.max_duration_s)"
-            )
+        if duration and duration > self.config.max_duration_s:
+            raise too_long(duration, self.config)
         size = info.get("filesize") or info.get("filesize_approx")
         if size and size > self.max_bytes:
-            raise VideoFailure(
-                TOO_LARGE, f"metadata gives a size of {size:.0f} bytes, over the limit of {self.max_bytes} bytes (download.max_filesize_mb)"
-            )
+            raise too_large(f"metadata gives a size of {size:.0f} bytes", self.config)
 
     def check_progress(self, progress: dict[str, Any]) -> None:
         """yt-dlp's progress hook, called after each block (the first is 1 KiB): stops a download
@@ -204,15 +239,12 @@ class _Limits:
         """
         announced = progress.get("total_bytes")
         if announced and announced > self.max_bytes:
-            raise VideoFailure(
-                TOO_LARGE, f"server announces {announced} bytes, over the limit of {self.max_bytes} bytes (download.max_filesize_mb)"
-            )
+            raise too_large(f"server announces {announced} bytes", self.config)
         name = progress.get("tmpfilename") or progress.get("filename") or ""
         self.received[name] = progress.get("downloaded_bytes") or 0
-        if sum(self.received.values()) > self.max_bytes:
-            raise VideoFailure(
-                TOO_LARGE, f"received more than the limit of {self.max_bytes} bytes (download.max_filesize_mb); download stopped"
-            )
+        received = sum(self.received.values())
+        if received > self.max_bytes:
+            raise too_large(f"download stopped after {received} bytes", self.config)
 
 
 class _CapturingLogger:
@@ -315,8 +347,6 @@ def prepare_children(modules: tuple[str, ...]) -> None:
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", *modules])
-    from multiprocessing import forkserver
-
     forkserver.ensure_running()
 
 
@@ -330,7 +360,10 @@ def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, timeout
         outcome = ("failed", failure.status, failure.message)
     except BaseException as exc:  # errors are data: the parent records the message
         outcome = ("error", describe_exception(exc))
-    sender.send(outcome)
+    try:
+        sender.send(outcome)
+    except Exception as exc:  # a result that cannot be pickled
+        sender.send(("error", describe_exception(exc)))
     sender.close()
 
 

@@ -37,9 +37,9 @@ TINY_BLIP = "cosmo-tiny-blip"
 TINY_SEED = 0
 
 OFFLINE_HINT = (
-    "On machines without internet, fetch the weights beforehand with "
-    "cosmo_data.stages.models.download_models (it fills the whisper, open_clip and Hugging Face caches) "
-    "and set HF_HUB_OFFLINE=1, or point the config at a local checkpoint."
+    "On machines without internet, fetch the weights beforehand with `cosmo-data models --config "
+    "<config>` (download_models: it fills the whisper, open_clip and Hugging Face caches) and set "
+    "HF_HUB_OFFLINE=1, or point the config at a local checkpoint."
 )
 
 # Whisper checkpoints need the real audio context (30 s windows) and the real multilingual
@@ -64,7 +64,8 @@ _TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2
 TINY_OPEN_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     TINY_CLIP: {"embed_dim": 32, "vision_cfg": _TINY_VISION, "text_cfg": _TINY_TEXT},
     TINY_COCA: {
-        "embed_dim": 32,
+        # CoCa's caption decoder attends to image tokens of the embedding width, as in coca_ViT-L-14.
+        "embed_dim": 64,
         "vision_cfg": {
             **_TINY_VISION,
             "attentional_pool": True,
@@ -100,8 +101,13 @@ TINY_BLIP_VOCAB = _BLIP_SPECIALS + _BLIP_WORDS + list(_LETTERS) + [f"##{c}" for 
 _creation_lock = threading.Lock()
 
 
-class ModelLoadError(Exception):
+class ModelError(Exception):
     """A model reference that cannot be resolved or loaded; stops the stage's setup."""
+
+
+def _load_error(what: str, exc: Exception) -> ModelError:
+    message = " ".join(str(exc).split()).rstrip(".")
+    return ModelError(f"cannot load {what}: {message}. {OFFLINE_HINT}")
 
 
 def cache_dir() -> Path:
@@ -128,8 +134,8 @@ def _create_once(target: Path, write: Callable[[Path], None]) -> Path:
     """Create target (file or directory) unless it exists, atomically.
 
     The content is written under a temporary name next to it and renamed into place, so a reader
-    never sees half a checkpoint; when several workers race, the first rename wins and the others'
-    identical copies are discarded.
+    never sees half a checkpoint. When several workers race, each writes its own copy: a file is
+    replaced by an identical one, a directory keeps the first copy and the others are discarded.
     """
     if target.exists():
         return target
@@ -222,6 +228,8 @@ def tiny_blip_directory() -> Path:
                 "eos_token_id": vocab["[SEP]"],
                 "sep_token_id": vocab["[SEP]"],
                 "pad_token_id": vocab["[PAD]"],
+                # Wider than BLIP's 0.02 so that random weights let the image steer the words.
+                "initializer_range": 0.2,
             },
             # BLIP's default vision init (std 1e-10) would make every image look the same.
             vision_config={
@@ -254,18 +262,19 @@ def load_whisper(model: str, device: str):
 
     reference = str(tiny_whisper_checkpoint()) if model == TINY_WHISPER else model
     if reference not in whisper.available_models() and not os.path.isfile(reference):
-        raise ModelLoadError(
+        raise ModelError(
             f"asr model {model!r} is neither a whisper model name ({', '.join(whisper.available_models())}), "
             f"{TINY_WHISPER!r}, nor a checkpoint file"
         )
     try:
         return whisper.load_model(reference, device=device)
     except Exception as exc:  # download (URLError), checksum or checkpoint errors alike
-        raise ModelLoadError(f"cannot load whisper model {model!r}: {exc}. {OFFLINE_HINT}") from exc
+        raise _load_error(f"whisper model {model!r}", exc) from exc
 
 
 @dataclass
 class OpenClipModel:
+    name: str  # the open_clip model name it was created from
     model: torch.nn.Module
     preprocess: Callable  # open_clip's inference image transform (PIL image -> tensor)
     tokenizer: Callable
@@ -278,6 +287,11 @@ def load_open_clip(model: str, pretrained: str | None, device: str, fp16: bool) 
     import open_clip
 
     if model in TINY_OPEN_CLIP_CONFIGS:
+        if pretrained is not None and not os.path.isfile(pretrained):
+            raise ModelError(
+                f"open_clip model {model!r} has random weights created locally and no pretrained tag "
+                f"({pretrained!r}); set pretrained to null, or to a checkpoint file of this architecture"
+            )
         register_tiny_open_clip(model)
         pretrained = pretrained or str(tiny_open_clip_checkpoint(model))
     precision = "fp16" if fp16 and device == "cuda" else "fp32"
@@ -287,12 +301,10 @@ def load_open_clip(model: str, pretrained: str | None, device: str, fp16: bool) 
         )
         tokenizer = open_clip.get_tokenizer(model)
     except Exception as exc:  # unknown names and tags, failed downloads, bad checkpoints
-        raise ModelLoadError(
-            f"cannot load open_clip model {model!r} (pretrained {pretrained!r}): {exc}. {OFFLINE_HINT}"
-        ) from exc
+        raise _load_error(f"open_clip model {model!r} (pretrained {pretrained!r})", exc) from exc
     clip_model.eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    return OpenClipModel(clip_model, preprocess, tokenizer, device, dtype)
+    return OpenClipModel(model, clip_model, preprocess, tokenizer, device, dtype)
 
 
 def load_hf_captioner(model: str, device: str, fp16: bool) -> tuple[Any, torch.nn.Module]:
@@ -305,7 +317,7 @@ def load_hf_captioner(model: str, device: str, fp16: bool) -> tuple[Any, torch.n
         processor = AutoProcessor.from_pretrained(reference)
         captioner = AutoModelForImageTextToText.from_pretrained(reference, dtype=dtype)
     except Exception as exc:  # OSError for missing hub files, ValueError for unsupported models
-        raise ModelLoadError(f"cannot load Hugging Face captioner {model!r}: {exc}. {OFFLINE_HINT}") from exc
+        raise _load_error(f"Hugging Face captioner {model!r}", exc) from exc
     return processor, captioner.to(device).eval()
 
 

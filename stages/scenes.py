@@ -38,9 +38,10 @@ ANALYSIS_WIDTH = 32
 MAX_STEP_FRACTION = 0.5
 # A transition takes at most this many windows; a longer run of "gradual" change is a slow camera move.
 MAX_EVENT_WINDOWS = 4.0
-# A dissolve changes the picture more than the motion of the shots on either side of it: its largest
-# window change must exceed the change over the window just before and just after by this factor.
-# (Steady motion gives about 1.0 or less; the generated dissolves give 1.3 and more.)
+# A dissolve changes the picture more than the motion of the shots on either side of it. Motion over a
+# window is at most twice the motion over the half window (triangle inequality), so the largest
+# window change must exceed twice the half-window change just before and just after it by this
+# factor. Half windows keep the comparison clear of a neighbouring transition.
 MIN_PROMINENCE = 1.2
 # A fade through black: the darkest frame is at most this fraction of the brightness at both ends.
 DARK_DIP_FRACTION = 0.35
@@ -52,6 +53,7 @@ class _Window:
     end_s: float  # time of the later frame
     change: float  # mean absolute BGR difference between the two, 0..255
     gradual: bool  # large change, made in small steps, middle frame a blend of the ends
+    half_change: float  # the same difference over the second half of the window only
 
     @property
     def middle_s(self) -> float:
@@ -136,13 +138,14 @@ class GradualTransitionDetector(SceneDetector):
         newest, oldest = self._samples[-1], self._samples[0]
         if len(self._samples) < 3 or newest.t_s - oldest.t_s < 0.75 * self._window_s:
             return None
+        middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
         change = float(np.abs(newest.image - oldest.image).mean())
-        gradual = False
+        half_change = float(np.abs(newest.image - middle.image).mean())
         steps = [s.step for s in list(self._samples)[1:]]
+        gradual = False
         if change >= self._threshold and max(steps) <= MAX_STEP_FRACTION * change:
-            middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
             gradual = _blend_residual(oldest.image, middle.image, newest.image) <= self._blend_tolerance * change
-        return _Window(oldest.t_s, newest.t_s, change, gradual)
+        return _Window(oldest.t_s, newest.t_s, change, gradual, half_change)
 
     def _track(self, window: _Window) -> list[float]:
         if window.gradual:
@@ -174,19 +177,18 @@ class GradualTransitionDetector(SceneDetector):
         if not self._pending:
             return []
         newest_end = self._windows[-1].end_s
-        ready = [p for p in self._pending if final or newest_end >= p.end_s + self._window_s * 0.95]
+        ready = [p for p in self._pending if final or newest_end >= p.end_s + self._window_s * 0.45]
         self._pending = [p for p in self._pending if p not in ready]
-        return [peak.middle_s for peak in ready if self._prominence(peak) >= MIN_PROMINENCE]
+        return [peak.middle_s for peak in ready if self._is_dissolve(peak)]
 
-    def _prominence(self, peak: _Window) -> float:
-        """Peak change over the larger change of the windows that end where the peak starts (all
-        before it) and start where it ends (all after it)."""
+    def _is_dissolve(self, peak: _Window) -> bool:
+        """Compare the peak change with the motion in the half windows just before and after it."""
         around = [
-            min(self._windows, key=lambda w: abs(w.end_s - at)).change
-            for at in (peak.start_s, peak.end_s + self._window_s)
+            min(self._windows, key=lambda w: abs(w.end_s - at)).half_change
+            for at in (peak.start_s, peak.end_s + self._window_s / 2)
             if any(abs(w.end_s - at) <= self._window_s / 4 for w in self._windows)
-        ]
-        return peak.change / max([*around, 1e-6])
+        ] or [0.0]
+        return peak.change >= MIN_PROMINENCE * 2 * max(around)
 
     def _emit(self, boundaries: list[float], timecode: FrameTimecode) -> list[FrameTimecode]:
         emitted = []

@@ -79,7 +79,8 @@ class VideoStage:
                 raise VideoFailure(DEADLINE_EXCEEDED, "no time left")
             with timed(record, "decode"):
                 decoded = run_with_deadline(
-                    decode_file, (path, record, config), timeout_s=left_s(), step="decode", crash_status=DECODE_FAILED
+                    decode_file, (path, record, config, work_dir), timeout_s=left_s(), step="decode",
+                    crash_status=DECODE_FAILED,
                 )
                 adopt(record, decoded)
 
@@ -99,13 +100,14 @@ def stage_deadline(step: str, stage_limit_s: float, *, binding: bool) -> Iterato
     except VideoFailure as failure:
         if failure.status != DEADLINE_EXCEEDED or not binding:
             raise
-        raise VideoFailure(
-            DEADLINE_EXCEEDED, f"video stage did not finish within its deadline of {stage_limit_s:g} s (stopped during {step})"
-        ) from None
+        message = f"video stage did not finish within its deadline of {stage_limit_s:g} s (stopped during {step})"
+        raise VideoFailure(DEADLINE_EXCEEDED, message) from None
 
 
-def decode_file(path: Path, record: VideoRecord, config: BuildConfig) -> VideoRecord:
+def decode_file(path: Path, record: VideoRecord, config: BuildConfig, work_dir: Path) -> VideoRecord:
     """Runs in the child process: the one decode pass, then the clip mp4s if the cosmo format is on."""
+    # Scratch files go to the work dir, which the parent deletes even when this process is killed.
+    tempfile.tempdir = str(work_dir)
     decode_video(path, record, config)
     if record.ok and record.clips and "cosmo" in config.output.formats:
         with timed(record, "clip_mp4"):
@@ -116,9 +118,9 @@ def decode_file(path: Path, record: VideoRecord, config: BuildConfig) -> VideoRe
 def check_free_disk(directory: Path, min_free_gb: float) -> None:
     free_gb = shutil.disk_usage(directory).free / 1e9
     if free_gb < min_free_gb:
-        raise VideoFailure(
-            DISK_FULL, f"only {free_gb:.2f} GB free for temporary video files, below video.min_free_disk_gb = {min_free_gb:g}"
-        )
+        limit = f"video.min_free_disk_gb = {min_free_gb:g}"
+        message = f"only {free_gb:.2f} GB free for temporary video files, below {limit}"
+        raise VideoFailure(DISK_FULL, message)
 
 
 def adopt(record: VideoRecord, updated: VideoRecord) -> None:

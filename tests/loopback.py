@@ -10,6 +10,7 @@ Routes (paths are relative to the server root):
   /page.mp4                  an HTML page behind a .mp4 name
   /watch/<s>/<name>          an HTML page whose JSON-LD VideoObject points at /files/<name>, gives its
                              size and says it lasts s seconds (metadata yt-dlp reads before downloading)
+  /two-videos/<name>         an HTML page with two <video> elements playing /files/<name> (a playlist)
   anything else              404
 
 Every request is logged as "METHOD /path" (LoopbackServer.requests) with its time (request_times).
@@ -107,6 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._trickle(send_body)
             elif path == "/page.mp4":
                 self._send_bytes(HTML_PAGE, "text/html; charset=utf-8", send_body)
+            elif match := re.fullmatch(r"/two-videos/(.+)", path):
+                src = self.server.url(f"files/{match.group(1)}")
+                page = f'<html><body><video src="{src}"></video><video src="{src}?again"></video></body></html>'
+                self._send_bytes(page.encode(), "text/html; charset=utf-8", send_body)
             elif match := re.fullmatch(r"/watch/(\d+)/(.+)", path):
                 self._watch_page(int(match.group(1)), match.group(2), send_body)
             else:

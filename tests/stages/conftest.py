@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 from loopback import LoopbackServer, serve_directory
 
-from cosmo_data.pipeline.samples import CUT, make_sample_video, run_ffmpeg
+from cosmo_data.pipeline.samples import CUT, make_audio_only, make_sample_video, run_ffmpeg
 from cosmo_data.stages.download import prepare_children
 
 
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
-    """clip.mp4 (two 1.5 s shots, 160x120, 10 fps, with audio) and an HLS stream with 240p and 120p
-    renditions sharing one audio rendition (master.m3u8)."""
+    """clip.mp4 (two 1.5 s shots, 160x120, 10 fps, with audio), an HLS stream with 240p and 120p
+    renditions sharing one audio rendition (master.m3u8), tone.m4a (no video stream) and
+    garbage.mp4 (not a video at all)."""
     directory = tmp_path_factory.mktemp("media")
     make_sample_video(directory / "clip.mp4", segments=[1.5, 1.5], transitions=[CUT], size=(160, 120), fps=10)
+    make_audio_only(directory / "tone.m4a", duration_s=1.0)
+    (directory / "garbage.mp4").write_bytes(b"this is not a video " * 2000)
     run_ffmpeg(
         ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-f", "lavfi", "-i", "sine", "-t", "2",
          "-filter_complex", "[0:v]split=2[tall][small];[small]scale=160:120[short]",

@@ -1,0 +1,152 @@
+"""The per-video decode pass (stages/decode.py) against a bare ffmpeg decode and PySceneDetect's detect().
+
+All three run in the same process run on the same cached file, one after the other:
+  ffmpeg   `ffmpeg -i F -f null -` (decodes video and audio, does nothing with them)
+  detect   `scenedetect.detect(F, ContentDetector())` (PySceneDetect's own decode + detection)
+  ours     decode_video with the BuildConfig defaults (scenes, keyframes, 16 kHz audio)
+plus the peak RSS of decode_video on a short 4K file, measured in a fresh subprocess.
+
+Usage: python bench/bench_video.py --out bench/results/video.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+
+from cosmo_data.pipeline import samples
+from cosmo_data.pipeline.config import BuildConfig
+from cosmo_data.stages.decode import decode_pass
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+TARGET_RATIO = 1.3
+
+
+def cached_video(name: str, **kwargs) -> Path:
+    """Generate once into bench/.cache (atomically: a killed run leaves no half file behind)."""
+    path = CACHE / name
+    if path.exists() and samples.ground_truth_path(path).exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name("partial_" + name)
+    samples.make_sample_video(partial, **kwargs)
+    samples.ground_truth_path(partial).rename(samples.ground_truth_path(path))
+    partial.rename(path)
+    return path
+
+
+def hd_video() -> Path:
+    """2.5 minutes, 1280x720, 25 fps: 36 shots of 3-6 s joined by cuts, dissolves and fades, with speech.
+    x264 veryfast (CABAC, B-frames) so that decoding costs what a real upload's does."""
+    pattern = [samples.CUT, samples.DISSOLVE, samples.CUT, samples.FADE, samples.CUT, samples.FADEBLACK]
+    segments = [3.0 + (i * 7 % 4) for i in range(36)]
+    transitions = [pattern[i % len(pattern)] for i in range(len(segments) - 1)]
+    speech = [f"Step {i + 1}. Hold the part steady and turn it slowly to the left." for i in range(20)]
+    return cached_video("hd_150s.mp4", segments=segments, transitions=transitions, size=(1280, 720), fps=25,
+                        speech=speech, speech_gap_s=2.5, preset="veryfast")
+
+
+def uhd_video() -> Path:
+    return cached_video("uhd_10s.mp4", segments=[3.5, 3.5, 3.5], transitions=[samples.CUT, samples.DISSOLVE],
+                        size=(3840, 2160), fps=25, audio=True)
+
+
+def time_ffmpeg(video: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-i", str(video), "-f", "null", "-"],
+                   check=True)
+    return time.perf_counter() - started
+
+
+def time_detect(video: Path) -> tuple[float, int]:
+    from scenedetect import ContentDetector, detect
+
+    started = time.perf_counter()
+    scenes = detect(str(video), ContentDetector())
+    return time.perf_counter() - started, len(scenes)
+
+
+def time_decode(video: Path) -> tuple[float, dict]:
+    config = BuildConfig()
+    started = time.perf_counter()
+    decoded = decode_pass(video, config, str(video))
+    wall = time.perf_counter() - started
+    found = [(clip.start_s, clip.boundary) for clip in decoded.clips[1:] if clip.boundary != "split"]
+    score = samples.score_boundaries(samples.GroundTruth.load(video).boundaries, found)
+    return wall, {
+        "frames_decoded": decoded.frames_decoded,
+        "frames_sampled_for_detection": decoded.frames_sampled,
+        "keyframe_candidates_encoded": decoded.candidates_encoded,
+        "clips": len(decoded.clips),
+        "keyframes": len(decoded.frames),
+        "audio_s": round(len(decoded.audio_pcm or b"") / 2 / 16000, 2),
+        "boundary_f1": round(score.f1, 3),
+        "boundary_precision": round(score.precision, 3),
+        "boundary_recall": round(score.recall, 3),
+    }
+
+
+# Runs in a fresh interpreter so that the peak RSS is this decode's alone.
+RSS_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from cosmo_data.pipeline.config import BuildConfig
+from cosmo_data.pipeline.record import VideoRecord
+from cosmo_data.stages.decode import decode_video
+after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+record = VideoRecord(video_id="uhd", source=sys.argv[1], source_index=0)
+decode_video(Path(sys.argv[1]), record, BuildConfig())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_rss_mb": round(peak / 1024, 1), "rss_after_imports_mb": round(after_imports / 1024, 1),
+                  "clips": len(record.clips), "keyframes": len(record.frames),
+                  "keyframe_sizes": sorted({(f.width, f.height) for f in record.frames})}))
+"""
+
+
+def uhd_peak_rss(video: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", RSS_PROBE, str(video)], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    hd = hd_video()
+    uhd = uhd_video()
+    hd.read_bytes()  # page cache warm for every contender alike
+    ffmpeg_s = time_ffmpeg(hd)
+    detect_s, detect_scenes = time_detect(hd)
+    ours_s, ours = time_decode(hd)
+    truth = samples.GroundTruth.load(hd)
+    report = {
+        "video": {"file": hd.name, "duration_s": truth.duration_s, "size": f"{truth.width}x{truth.height}",
+                  "fps": truth.fps, "boundaries": len(truth.boundaries), "bytes": hd.stat().st_size},
+        "seconds": {"ffmpeg_null_decode": round(ffmpeg_s, 3), "scenedetect_detect": round(detect_s, 3),
+                    "decode_video": round(ours_s, 3)},
+        "ratios": {"ours_over_ffmpeg": round(ours_s / ffmpeg_s, 3), "ours_over_detect": round(ours_s / detect_s, 3)},
+        "target_ours_over_ffmpeg": TARGET_RATIO,
+        "meets_target": ours_s / ffmpeg_s <= TARGET_RATIO,
+        "ours": ours,
+        "detect_scenes": detect_scenes,
+        "uhd": {"file": uhd.name, "size": "3840x2160", **uhd_peak_rss(uhd)},
+        "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyav": av.__version__,
+                        "pyav_ffmpeg": av.ffmpeg_version_info,
+                        "ffmpeg": subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
