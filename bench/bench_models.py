@@ -6,7 +6,7 @@ Runs on CUDA when available (fp16, as the stages do there), else on CPU with few
 
     python bench/bench_models.py --out bench/results/models.json
 
-Measured:
+Measured (best of `iterations` timed calls after `warmup`):
 - clip_vit_l14: ViT-L-14 image embeddings (model only, preprocessed batches), open_clip's image
   preprocessing alone (PIL -> tensor, the CPU side of the clip_score stage), text embeddings.
 - whisper_small: the encoder on 30 s windows, and encoder + a fixed-length greedy decode
@@ -49,7 +49,7 @@ WHISPER_SMALL_DIMS = {
 SETTINGS = {
     "cpu": {
         "warmup": 1,
-        "iterations": 2,
+        "iterations": 3,
         "clip_images": 4,
         "clip_texts": 16,
         "whisper_windows": 1,
@@ -73,17 +73,19 @@ SENTENCE = "now pour the batter into the hot pan and wait until bubbles form on 
 
 
 def timed(fn: Callable[[], object], device: str, warmup: int, iterations: int) -> float:
-    """Mean seconds per call after warmup."""
+    """Fastest seconds per call after warmup: the least disturbed by other work on a shared machine."""
     for _ in range(warmup):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
+    best = float("inf")
     for _ in range(iterations):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / iterations
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def frames(n: int) -> list[Image.Image]:

@@ -128,6 +128,7 @@ def main() -> None:
     detect_s, detect_scenes = time_detect(hd)
     ours_s, ours = time_decode(hd)
     truth = samples.GroundTruth.load(hd)
+    ffmpeg_version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     report = {
         "video": {"file": hd.name, "duration_s": truth.duration_s, "size": f"{truth.width}x{truth.height}",
                   "fps": truth.fps, "boundaries": len(truth.boundaries), "bytes": hd.stat().st_size},
@@ -141,7 +142,7 @@ def main() -> None:
         "uhd": {"file": uhd.name, "size": "3840x2160", **uhd_peak_rss(uhd)},
         "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyav": av.__version__,
                         "pyav_ffmpeg": av.ffmpeg_version_info,
-                        "ffmpeg": subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]},
+                        "ffmpeg": ffmpeg_version},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

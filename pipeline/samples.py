@@ -31,7 +31,7 @@ SHOT_SOURCES = (
     "life=size={w}x{h}:rate={fps}:mold=40:seed={seed}:ratio=0.3:life_color=#40ff90:death_color=#702040"
     ":mold_color=#202060",
     "testsrc=size={w2}x{h2}:rate={fps},crop={w}:{h}:x='t*{w}/8':y='t*{h}/16'",
-    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed={seed}",
+    "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed={seed}:c0={c0}:c1={c1}:x0=0:y0=0:x1={w}:y1={h}",
     "smptehdbars=size={w}x{h}:rate={fps},hue=h=t*40",
     "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}:random_fill_ratio=0.4,"
     "colorchannelmixer=rr=0.2:gg=0.8:bb=1",
@@ -40,6 +40,8 @@ SHOT_SOURCES = (
 )
 # Shots start this far into their source, past start-up effects (life's random fill settling).
 SOURCE_WARMUP_S = 2.0
+# Colours for sources that would otherwise pick random ones (not reproducible from a seed).
+PALETTE = ("0xe63946", "0xf1faee", "0x2a9d8f", "0xe9c46a", "0x264653", "0xf4a261", "0x8338ec", "0x3a86ff")
 
 
 @dataclass
@@ -173,7 +175,7 @@ def make_sample_video(
     if unknown:
         raise ValueError(f"unknown transitions {sorted(unknown)}; use {TRANSITIONS}")
     # Whole frames only, so that the ground truth is exactly where the frames change.
-    segments = [round(length * fps) / fps for length in segments]
+    segments = [int(length * fps + 0.5) / fps for length in segments]
     _check_segment_lengths(segments, transitions)
     width, height = size
     video_graph, boundaries, duration = _video_graph(segments, transitions, width, height, fps, seed)
@@ -218,7 +220,9 @@ def _check_segment_lengths(segments: list[float], transitions: list[str]) -> Non
 
 def _shot_source(index: int, width: int, height: int, fps: float, seed: int) -> str:
     template = SHOT_SOURCES[(index + seed) % len(SHOT_SOURCES)]
-    return template.format(w=width, h=height, w2=2 * width, h2=2 * height, fps=fps, seed=seed * 101 + index)
+    number = seed * 101 + index
+    return template.format(w=width, h=height, w2=2 * width, h2=2 * height, fps=fps, seed=number,
+                           c0=PALETTE[number % len(PALETTE)], c1=PALETTE[(number + 3) % len(PALETTE)])
 
 
 def _video_graph(
@@ -235,7 +239,8 @@ def _video_graph(
         # A hue turn per shot keeps repeated source kinds apart; format/fps/timebase let xfade join them.
         steps = [
             _shot_source(index, width, height, fps, seed),
-            f"trim=start={SOURCE_WARMUP_S}:duration={length}", "setpts=PTS-STARTPTS", f"hue=h={(index * 67 + seed * 29) % 360}",
+            f"trim=start={SOURCE_WARMUP_S}:duration={length}", "setpts=PTS-STARTPTS",
+            f"hue=h={(index * 67 + seed * 29) % 360}",
             "format=yuv420p", "setsar=1", f"fps={fps}", "settb=AVTB", *fades,
         ]
         chains.append(",".join(steps) + f"[s{index}]")

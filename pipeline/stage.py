@@ -66,3 +66,33 @@ def describe_exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message}{where}"
+
+
+def process_batched(
+    batch: list[VideoRecord],
+    fn: Callable[[list[VideoRecord]], None],
+    *,
+    stage: str,
+    failure_status: str,
+) -> list[VideoRecord]:
+    """Run fn once over all ok records, so the model sees them in shared forward passes.
+
+    fn must compute everything before writing results to the records. If it raises, it is run again
+    per record (through process_each), so one bad video fails alone with its own message and the
+    others still get results.
+    """
+    records = [record for record in batch if record.ok]
+    if not records:
+        return batch
+    started = time.perf_counter()
+    try:
+        fn(records)
+    except Exception:  # the per-record rerun below records each video's own error
+        for record in records:
+            process_each([record], lambda one: fn([one]), stage=stage, failure_status=failure_status)
+        return batch
+    # The shared passes cannot be attributed to one video; each gets an equal share.
+    share = (time.perf_counter() - started) / len(records)
+    for record in records:
+        record.timings[stage] = record.timings.get(stage, 0.0) + share
+    return batch

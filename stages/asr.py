@@ -10,6 +10,7 @@ whisper.transcribe(..., condition_on_previous_text=False) segment for segment (s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,7 +18,13 @@ import torch
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import ASR_FAILED, Segment, VideoFailure, VideoRecord
 from cosmo_data.pipeline.stage import Resources
-from cosmo_data.stages.models import load_whisper, pick_device, process_batched
+from cosmo_data.pipeline.stage import process_batched
+from cosmo_data.stages.models import load_whisper, pick_device
+
+if TYPE_CHECKING:  # whisper is imported where it is used: importing it pulls in numba
+    from whisper.decoding import DecodingResult
+    from whisper.model import Whisper
+    from whisper.tokenizer import Tokenizer
 
 SAMPLE_RATE = 16000  # whisper.audio.SAMPLE_RATE; the decoder's PCM is 16 kHz mono s16le too
 HOP_LENGTH = 160  # mel frame hop: 100 frames per second
@@ -54,7 +61,7 @@ class Transcription:
 
 
 @dataclass
-class _Stream:
+class AudioStream:
     """One audio being transcribed: its padded mel and how far decoding has got."""
 
     mel: torch.Tensor
@@ -65,7 +72,7 @@ class _Stream:
 
 
 @torch.no_grad()
-def transcribe_batch(model, audios: list[np.ndarray], settings: DecodeSettings) -> list[Transcription]:
+def transcribe_batch(model: Whisper, audios: list[np.ndarray], settings: DecodeSettings) -> list[Transcription]:
     """Transcribe float32 16 kHz audios together; segment times are as whisper reports them."""
     import whisper
 
@@ -77,7 +84,7 @@ def transcribe_batch(model, audios: list[np.ndarray], settings: DecodeSettings) 
     ]
     languages = _languages(model, mels, settings.language, dtype)
     streams = [
-        _Stream(mel=mel, content_frames=mel.shape[-1] - WINDOW_FRAMES, language=language)
+        AudioStream(mel=mel, content_frames=mel.shape[-1] - WINDOW_FRAMES, language=language)
         for mel, language in zip(mels, languages)
     ]
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
@@ -90,11 +97,11 @@ def transcribe_batch(model, audios: list[np.ndarray], settings: DecodeSettings) 
         features = model.embed_audio(windows.to(dtype))
         results = _decode_with_fallback(model, features, [s.language for s in active], settings, dtype)
         for stream, size, result in zip(active, sizes, results):
-            _take_window(stream, size, result, tokenizer, settings, frames_per_token)
+            take_window(stream, size, result, tokenizer, settings, frames_per_token)
     return [Transcription(s.language, s.segments) for s in streams]
 
 
-def _languages(model, mels: list[torch.Tensor], language: str | None, dtype: torch.dtype) -> list[str]:
+def _languages(model: Whisper, mels: list[torch.Tensor], language: str | None, dtype: torch.dtype) -> list[str]:
     import whisper
 
     if language is not None or not model.is_multilingual:
@@ -105,11 +112,13 @@ def _languages(model, mels: list[torch.Tensor], language: str | None, dtype: tor
     return [max(probs, key=probs.get) for probs in probabilities]
 
 
-def _decode_with_fallback(model, features: torch.Tensor, languages: list[str], settings: DecodeSettings, dtype):
+def _decode_with_fallback(
+    model: Whisper, features: torch.Tensor, languages: list[str], settings: DecodeSettings, dtype: torch.dtype
+) -> list[DecodingResult]:
     """Decode every window at the first temperature, then only the failing ones at the next."""
     import whisper
 
-    results = [None] * len(languages)
+    results: list[DecodingResult] = [None] * len(languages)
     pending = list(range(len(languages)))
     for temperature in settings.temperatures:
         # One language per decoding task; windows of different languages decode in separate calls.
@@ -132,7 +141,7 @@ def _decode_with_fallback(model, features: torch.Tensor, languages: list[str], s
     return results
 
 
-def _needs_fallback(result, settings: DecodeSettings) -> bool:
+def _needs_fallback(result: DecodingResult, settings: DecodeSettings) -> bool:
     too_repetitive = (
         settings.compression_ratio_threshold is not None
         and result.compression_ratio > settings.compression_ratio_threshold
@@ -147,14 +156,21 @@ def _needs_fallback(result, settings: DecodeSettings) -> bool:
     return (too_repetitive or too_unlikely) and not silence
 
 
-def _is_silence(result, settings: DecodeSettings) -> bool:
+def _is_silence(result: DecodingResult, settings: DecodeSettings) -> bool:
     """whisper's no-speech skip: likely silence, and not decoded with confidence."""
     if settings.no_speech_threshold is None or result.no_speech_prob <= settings.no_speech_threshold:
         return False
     return settings.logprob_threshold is None or result.avg_logprob <= settings.logprob_threshold
 
 
-def _take_window(stream: _Stream, size: int, result, tokenizer, settings: DecodeSettings, frames_per_token: int):
+def take_window(
+    stream: AudioStream,
+    size: int,
+    result: DecodingResult,
+    tokenizer: Tokenizer,
+    settings: DecodeSettings,
+    frames_per_token: int,
+) -> None:
     """Turn one window's tokens into segments and move the stream's seek past what they cover."""
     if _is_silence(result, settings):
         stream.seek += size
@@ -224,10 +240,6 @@ class AsrStage:
         resources = config.asr.resources
         self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
         self.batch_size = resources.batch_size
-        self.model = None
-
-    def setup(self) -> None:
-        self.model = load_whisper(self.config.model, pick_device(self.config.resources))
         self.settings = DecodeSettings(
             language=self.config.language,
             temperatures=tuple(self.config.temperatures),
@@ -239,6 +251,10 @@ class AsrStage:
             no_speech_threshold=self.config.no_speech_threshold,
             fp16=self.config.fp16,
         )
+        self.model: Whisper | None = None
+
+    def setup(self) -> None:
+        self.model = load_whisper(self.config.model, pick_device(self.config.resources))
 
     def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
         return process_batched(batch, self._transcribe, stage=self.name, failure_status=ASR_FAILED)
@@ -252,10 +268,11 @@ class AsrStage:
         audios = [audio for _, audio in speaking]
         transcriptions = transcribe_batch(self.model, audios, self.settings) if audios else []
         for record in records:
-            record.transcript, record.language = [], None
+            record.transcript = []
         for (record, audio), transcription in zip(speaking, transcriptions):
             record.transcript = to_segments(transcription, len(audio) / SAMPLE_RATE)
-            record.language = transcription.language if record.transcript else None
+            if record.transcript:  # a language detected on silence or noise means nothing
+                record.language = transcription.language
 
 
 def to_segments(transcription: Transcription, duration_s: float) -> list[Segment]:

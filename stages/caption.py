@@ -14,14 +14,13 @@ from PIL import Image
 
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import Resources
+from cosmo_data.pipeline.stage import Resources, process_batched
 from cosmo_data.stages.models import (
     ModelError,
     OpenClipModel,
     load_hf_captioner,
     load_open_clip,
     pick_device,
-    process_batched,
 )
 
 

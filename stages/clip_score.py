@@ -13,7 +13,8 @@ from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, VideoRecord
 from cosmo_data.pipeline.stage import Resources
 from cosmo_data.stages.caption import open_frame
-from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device, process_batched
+from cosmo_data.pipeline.stage import process_batched
+from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device
 
 
 class ClipScoreStage:

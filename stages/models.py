@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cosmo_data.pipeline.config import BuildConfig, StageResourcesConfig
-from cosmo_data.pipeline.record import VideoRecord
-from cosmo_data.pipeline.stage import process_each
+
+if TYPE_CHECKING:
+    from whisper.model import Whisper
 
 CACHE_ENV = "COSMO_DATA_CACHE"
 TINY_WHISPER = "tiny-random"
@@ -256,7 +257,7 @@ def tiny_blip_directory() -> Path:
 # Loading
 
 
-def load_whisper(model: str, device: str):
+def load_whisper(model: str, device: str) -> Whisper:
     """whisper.load_model for a whisper name, a checkpoint file, or TINY_WHISPER."""
     import whisper
 
@@ -356,31 +357,3 @@ def download_models(config: BuildConfig) -> list[str]:
 # Running a model over a batch of records
 
 
-def process_batched(
-    batch: list[VideoRecord],
-    fn: Callable[[list[VideoRecord]], None],
-    *,
-    stage: str,
-    failure_status: str,
-) -> list[VideoRecord]:
-    """Run fn once over all ok records, so the model sees them in shared forward passes.
-
-    fn must compute everything before writing results to the records. If it raises, it is run again
-    per record (through process_each), so one bad video fails alone with its own message and the
-    others still get results.
-    """
-    records = [record for record in batch if record.ok]
-    if not records:
-        return batch
-    started = time.perf_counter()
-    try:
-        fn(records)
-    except Exception:  # the per-record rerun below records each video's own error
-        for record in records:
-            process_each([record], lambda one: fn([one]), stage=stage, failure_status=failure_status)
-        return batch
-    # The shared passes cannot be attributed to one video; each gets an equal share.
-    share = (time.perf_counter() - started) / len(records)
-    for record in records:
-        record.timings[stage] = record.timings.get(stage, 0.0) + share
-    return batch

@@ -246,15 +246,15 @@ class SceneBoundaryDetector:
     def push(self, t_s: float, frame_bgr: np.ndarray) -> None:
         timecode = FrameTimecode(max(0.0, float(t_s)), fps=self._config.detect_fps)
         self._last = timecode
-        for found, (detector, _) in zip(self._found, self._detectors):
+        for found, (detector, _) in zip(self._found, self._detectors, strict=True):
             found.extend(tc.seconds for tc in detector.process_frame(timecode, frame_bgr))
 
     def finish(self, duration_s: float) -> list[tuple[float, str]]:
         """Boundaries at least min_clip_s apart (and from both ends), sorted by time."""
         if self._last is not None:
-            for found, (detector, _) in zip(self._found, self._detectors):
+            for found, (detector, _) in zip(self._found, self._detectors, strict=True):
                 found.extend(tc.seconds for tc in detector.post_process(self._last))
-        ranked = [(t, kind) for found, (_, kind) in zip(self._found, self._detectors) for t in found]
+        ranked = [(t, kind) for found, (_, kind) in zip(self._found, self._detectors, strict=True) for t in found]
         return thin_boundaries(ranked, duration_s, self._config.min_clip_s)
 
 
@@ -276,7 +276,7 @@ def clips_from_boundaries(boundaries: list[tuple[float, str]], duration_s: float
     """Contiguous clips covering [0, duration_s]; clips longer than max_clip_s are split evenly."""
     edges = [(0.0, "start"), *boundaries, (duration_s, "end")]
     clips: list[Clip] = []
-    for (start_s, kind), (end_s, _) in zip(edges, edges[1:]):
+    for (start_s, kind), (end_s, _) in zip(edges, edges[1:], strict=False):
         parts = max(1, math.ceil((end_s - start_s) / max_clip_s - 1e-9))
         length = (end_s - start_s) / parts
         for part in range(parts):

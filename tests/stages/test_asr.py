@@ -17,8 +17,8 @@ from cosmo_data.stages import models
 from cosmo_data.stages.asr import (
     AsrStage,
     DecodeSettings,
-    _Stream,
-    _take_window,
+    AudioStream,
+    take_window,
     transcribe_batch,
 )
 from cosmo_data.stages.models import TINY_WHISPER, load_whisper
@@ -128,23 +128,23 @@ def test_window_tokens_split_at_timestamp_pairs(tokenizer):
 
     hello, world = tokenizer.encode(" hello"), tokenizer.encode(" world")
     # Two complete segments, then a lone timestamp: the window is finished.
-    stream = _Stream(mel=None, content_frames=9000, language="en", seek=500)
-    _take_window(stream, 3000, _result([ts(0), *hello, ts(1), ts(1), *world, ts(2.5)]), tokenizer, _settings(), 2)
+    stream = AudioStream(mel=None, content_frames=9000, language="en", seek=500)
+    take_window(stream, 3000, _result([ts(0), *hello, ts(1), ts(1), *world, ts(2.5)]), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(5.0, 6.0, "hello"), (6.0, 7.5, "world")]
     assert stream.seek == 3500
     # An unfinished segment after the last pair: decoding resumes at that pair's time.
-    stream = _Stream(mel=None, content_frames=9000, language="en", seek=0)
-    _take_window(stream, 3000, _result([ts(0), *hello, ts(1.2), ts(1.2), *world]), tokenizer, _settings(), 2)
+    stream = AudioStream(mel=None, content_frames=9000, language="en", seek=0)
+    take_window(stream, 3000, _result([ts(0), *hello, ts(1.2), ts(1.2), *world]), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(0.0, 1.2, "hello")]
     assert stream.seek == 120
     # No pair: one segment up to the last timestamp, and the whole window is consumed.
-    stream = _Stream(mel=None, content_frames=9000, language="en", seek=3000)
-    _take_window(stream, 2000, _result([ts(0.4), *hello, *world]), tokenizer, _settings(), 2)
+    stream = AudioStream(mel=None, content_frames=9000, language="en", seek=3000)
+    take_window(stream, 2000, _result([ts(0.4), *hello, *world]), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(30.0, 30.4, "hello world")]
     assert stream.seek == 5000
     # Likely silence, decoded without confidence: skipped.
-    stream = _Stream(mel=None, content_frames=9000, language="en", seek=0)
-    _take_window(stream, 3000, _result([ts(0), *hello], -2.0, 0.9), tokenizer, _settings(), 2)
+    stream = AudioStream(mel=None, content_frames=9000, language="en", seek=0)
+    take_window(stream, 3000, _result([ts(0), *hello], -2.0, 0.9), tokenizer, _settings(), 2)
     assert stream.segments == [] and stream.seek == 3000
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import ASR_FAILED, VideoFailure, VideoRecord
 from cosmo_data.stages import models
 from cosmo_data.stages.models import (
     TINY_BLIP,
@@ -25,7 +24,6 @@ from cosmo_data.stages.models import (
     load_hf_captioner,
     load_open_clip,
     load_whisper,
-    process_batched,
     tiny_blip_directory,
     tiny_open_clip_checkpoint,
     tiny_whisper_checkpoint,
@@ -240,30 +238,3 @@ def test_download_models_prepares_tiny_models_offline(cache):
     assert (cache / "open_clip" / f"{TINY_CLIP}.pt").is_file()
     config.caption.enabled = False
     assert len(download_models(config)) == 2
-
-
-def test_process_batched_isolates_the_video_that_breaks_the_shared_pass():
-    def label(records: list[VideoRecord]) -> None:
-        for record in records:
-            if record.source == "bad":
-                raise VideoFailure(ASR_FAILED, "bad audio in bad")
-        for record in records:
-            record.language = "xx"
-
-    batch = [VideoRecord(video_id=str(i), source=s, source_index=i) for i, s in enumerate(["a", "bad", "c"])]
-    batch.append(VideoRecord(video_id="3", source="d", source_index=3, status="decode_failed"))
-    process_batched(batch, label, stage="asr", failure_status=ASR_FAILED)
-    assert [(r.status, r.language) for r in batch] == [
-        ("ok", "xx"),
-        (ASR_FAILED, None),
-        ("ok", "xx"),
-        ("decode_failed", None),
-    ]
-    assert batch[1].error == "bad audio in bad"
-    assert all("asr" in r.timings for r in batch[:3]) and not batch[3].timings
-
-
-def test_process_batched_shares_time_across_a_successful_batch():
-    batch = [VideoRecord(video_id=str(i), source=str(i), source_index=i) for i in range(2)]
-    process_batched(batch, lambda records: None, stage="caption", failure_status="caption_failed")
-    assert batch[0].timings["caption"] == batch[1].timings["caption"] >= 0
