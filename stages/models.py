@@ -11,6 +11,7 @@ are created once, deterministically, in the cache directory ($COSMO_DATA_CACHE, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -115,6 +116,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cosmo-data")
 
 
+def tiny_dir(kind: str) -> Path:
+    """Where tiny models of one kind live, keyed by their specification: a changed spec never
+    loads a stale checkpoint made from an older one."""
+    spec = json.dumps([TINY_SEED, TINY_WHISPER_DIMS, TINY_OPEN_CLIP_CONFIGS, TINY_BLIP_VOCAB], sort_keys=True)
+    return cache_dir() / kind / f"tiny-{hashlib.sha1(spec.encode()).hexdigest()[:10]}"
+
+
 def pick_device(resources: StageResourcesConfig) -> str:
     return "cuda" if resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
@@ -166,14 +174,14 @@ def tiny_whisper_checkpoint() -> Path:
             torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
         torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
 
-    return _create_once(cache_dir() / "whisper" / f"{TINY_WHISPER}.pt", write)
+    return _create_once(tiny_dir("whisper") / f"{TINY_WHISPER}.pt", write)
 
 
 def _tiny_open_clip_config(name: str) -> Path:
     def write(path: Path) -> None:
         path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIGS[name], indent=2), encoding="utf-8")
 
-    return _create_once(cache_dir() / "open_clip" / f"{name}.json", write)
+    return _create_once(tiny_dir("open_clip") / f"{name}.json", write)
 
 
 def register_tiny_open_clip(name: str) -> None:
@@ -198,7 +206,7 @@ def tiny_open_clip_checkpoint(name: str) -> Path:
         torch.save({"state_dict": model.state_dict()}, path)
 
     register_tiny_open_clip(name)
-    return _create_once(cache_dir() / "open_clip" / f"{name}.pt", write)
+    return _create_once(tiny_dir("open_clip") / f"{name}.pt", write)
 
 
 def tiny_blip_directory() -> Path:
@@ -250,7 +258,7 @@ def tiny_blip_directory() -> Path:
         processor.save_pretrained(path)
         model.save_pretrained(path)
 
-    return _create_once(cache_dir() / "hf" / TINY_BLIP, write)
+    return _create_once(tiny_dir("hf") / TINY_BLIP, write)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_tiny_whisper_loads_through_whisper_load_model(cache, monkeypatch):
     real_load = whisper.load_model
     monkeypatch.setattr(whisper, "load_model", lambda name, **kw: calls.append(name) or real_load(name, **kw))
     model = load_whisper(TINY_WHISPER, "cpu")
-    checkpoint = cache / "whisper" / f"{TINY_WHISPER}.pt"
+    checkpoint = models.tiny_dir("whisper") / f"{TINY_WHISPER}.pt"
     assert calls == [str(checkpoint)]
     assert isinstance(model, whisper.model.Whisper)
     assert model.dims.n_vocab == 51865 and model.dims.n_mels == 80 and model.dims.n_audio_state == 64
@@ -69,8 +69,8 @@ def test_tiny_open_clip_models_load_through_create_model_and_transforms(cache, m
     clip = load_open_clip(TINY_CLIP, None, "cpu", fp16=True)
     coca = load_open_clip(TINY_COCA, None, "cpu", fp16=True)
     assert calls == [
-        (TINY_CLIP, str(cache / "open_clip" / f"{TINY_CLIP}.pt")),
-        (TINY_COCA, str(cache / "open_clip" / f"{TINY_COCA}.pt")),
+        (TINY_CLIP, str(models.tiny_dir("open_clip") / f"{TINY_CLIP}.pt")),
+        (TINY_COCA, str(models.tiny_dir("open_clip") / f"{TINY_COCA}.pt")),
     ]
     assert type(clip.model).__name__ == "CLIP" and type(coca.model).__name__ == "CoCa"
     # fp16 applies on GPU only; the transform is open_clip's own.
@@ -91,7 +91,7 @@ def test_tiny_blip_loads_through_auto_classes_from_a_directory(cache, monkeypatc
 
     monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(spy))
     processor, model = load_hf_captioner(TINY_BLIP, "cpu", fp16=False)
-    assert calls == [str(cache / "hf" / TINY_BLIP)]
+    assert calls == [str(models.tiny_dir("hf") / TINY_BLIP)]
     assert type(model).__name__ == "BlipForConditionalGeneration"
     assert processor.tokenizer.convert_ids_to_tokens(model.config.text_config.bos_token_id) == "[DEC]"
 
@@ -233,8 +233,8 @@ def test_download_models_prepares_tiny_models_offline(cache):
     )
     fetched = download_models(config)
     assert [line.split(":")[0] for line in fetched] == ["asr", "caption", "clip_score"]
-    assert (cache / "whisper" / f"{TINY_WHISPER}.pt").is_file()
-    assert (cache / "hf" / TINY_BLIP / "config.json").is_file()
-    assert (cache / "open_clip" / f"{TINY_CLIP}.pt").is_file()
+    assert (models.tiny_dir("whisper") / f"{TINY_WHISPER}.pt").is_file()
+    assert (models.tiny_dir("hf") / TINY_BLIP / "config.json").is_file()
+    assert (models.tiny_dir("open_clip") / f"{TINY_CLIP}.pt").is_file()
     config.caption.enabled = False
     assert len(download_models(config)) == 2
