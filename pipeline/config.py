@@ -68,8 +68,10 @@ class KeyframesConfig(_Strict):
 
 class VideoStageConfig(_Strict):
     resources: StageResourcesConfig = StageResourcesConfig(concurrency=2)
-    # Decode at most this tall (the decoder downscales); bounds memory on 4K input.
-    max_decode_height: int = Field(1080, ge=16)
+    # Videos whose shorter side exceeds this are refused (too_large): H.264/VP9 decoders cannot
+    # output a smaller picture, so this is what bounds the decoder's frame pool. Keyframes and
+    # detector frames are always converted straight to their small sizes.
+    max_decode_height: int = Field(2160, ge=16)
     deadline_s: float = Field(1800.0, gt=0, description="limit for one video's whole CPU stage")
     min_free_disk_gb: float = Field(1.0, ge=0)
     tmp_dir: str | None = None

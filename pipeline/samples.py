@@ -24,7 +24,8 @@ FADEBLACK = "fadeblack"  # xfade's fadeblack
 TRANSITIONS = (CUT, DISSOLVE, FADE, FADEBLACK)
 AUDIO_RATE = 22050
 
-# Visually distinct sources, each with motion. {w}x{h}, {fps} and {seed} are filled per shot.
+# Visually distinct sources, each with motion. Sizes ({w}, {h}, doubled {w2}, {h2}), {fps}, {seed} and
+# colours ({c0}, {c1}) are filled in per shot.
 SHOT_SOURCES = (
     "testsrc2=size={w}x{h}:rate={fps}",
     "mandelbrot=size={w}x{h}:rate={fps}:maxiter=256:end_scale=0.05",
@@ -137,6 +138,11 @@ def ground_truth_path(video_path: Path) -> Path:
     return video_path.with_name(video_path.name + ".json")
 
 
+def file_arg(path: Path) -> str:
+    """A path as an ffmpeg file argument: "file:" so that no name reads as an option or a protocol."""
+    return "file:" + str(path)
+
+
 def run_ffmpeg(args: list[str]) -> None:
     """Run ffmpeg quietly; on failure raise with ffmpeg's own last lines."""
     result = subprocess.run(
@@ -186,7 +192,7 @@ def make_sample_video(
             spoken, speech_inputs = _speak(speech, Path(scratch), speech_start_s, speech_gap_s, duration)
         inputs: list[str] = []
         for wav in speech_inputs:
-            inputs += ["-i", str(wav)]
+            inputs += ["-i", file_arg(wav)]
         graph = [video_graph]
         maps = ["-map", "[video]"]
         if audio:
@@ -197,7 +203,7 @@ def make_sample_video(
             maps += ["-map", "[audio_out]" if path.suffix.lower() == ".webm" else "[audio]"]
         run_ffmpeg(
             [*inputs, "-filter_complex", ";".join(graph), *maps, "-t", f"{duration:.3f}",
-             *_codec_args(path, fps, keyframe_interval_s, audio, preset), str(path)]
+             *_codec_args(path, fps, keyframe_interval_s, audio, preset), file_arg(path)]
         )
 
     truth = GroundTruth(
@@ -324,19 +330,19 @@ def make_audio_only(path: Path, duration_s: float = 2.0) -> Path:
     """An audio file with no video stream (the codec follows the suffix: .m4a/.mp4 AAC, .wav PCM)."""
     codec = ["-c:a", "pcm_s16le"] if path.suffix.lower() == ".wav" else ["-c:a", "aac", "-b:a", "64k"]
     run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate={AUDIO_RATE}:duration={duration_s}",
-                *codec, str(path)])
+                *codec, file_arg(path)])
     return path
 
 
 def make_single_frame_video(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
     run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=25", "-frames:v", "1",
-                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", file_arg(path)])
     return path
 
 
 def make_rotated_copy(source: Path, target: Path, rotation: int) -> Path:
     """Stream-copy `source` with a display matrix asking players to turn it by `rotation` degrees."""
-    run_ffmpeg(["-i", str(source), "-c", "copy", "-metadata:s:v:0", f"rotate={rotation}", str(target)])
+    run_ffmpeg(["-i", file_arg(source), "-c", "copy", "-metadata:s:v:0", f"rotate={rotation}", file_arg(target)])
     return target
 
 
@@ -344,7 +350,7 @@ def make_vfr_video(path: Path, size: tuple[int, int] = (160, 120), duration_s: f
     """Variable frame rate: 30 fps for the first second, then every third frame (10 fps)."""
     run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=30:duration={duration_s}",
                 "-vf", "select='lt(t\\,1)+not(mod(n\\,3))'", "-fps_mode", "vfr",
-                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", file_arg(path)])
     return path
 
 

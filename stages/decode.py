@@ -28,7 +28,15 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
-from cosmo_data.pipeline.record import DECODE_FAILED, NO_VIDEO_STREAM, Clip, Frame, VideoFailure, VideoRecord
+from cosmo_data.pipeline.record import (
+    DECODE_FAILED,
+    NO_VIDEO_STREAM,
+    TOO_LARGE,
+    Clip,
+    Frame,
+    VideoFailure,
+    VideoRecord,
+)
 from cosmo_data.stages.scenes import GRADUAL, SceneBoundaryDetector, clips_from_boundaries
 
 AUDIO_RATE = 16000
@@ -104,6 +112,13 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
         ) or "none"
         raise VideoFailure(NO_VIDEO_STREAM, f"{source} has no video stream (streams: {kinds})")
     video = videos[0]
+    coded = video.codec_context
+    limit = config.video.max_decode_height
+    if coded.height and min(coded.width, coded.height) > limit:
+        # A decoded picture is never converted at full size, but the decoder's own frame pool is:
+        # refusing what is larger than the limit bounds a worker's memory.
+        raise VideoFailure(TOO_LARGE, f"{source} is {coded.width}x{coded.height}; the limit is {limit} lines "
+                                      "(video.max_decode_height)")
     video.thread_type = "AUTO"  # frame + slice threads, as ffmpeg itself decodes
     audio_stream = container.streams.audio[0] if container.streams.audio else None
     want_audio = audio_stream is not None and config.video.audio

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
-from cosmo_data.pipeline.record import DECODE_FAILED, NO_VIDEO_STREAM, VideoFailure, VideoRecord
+from cosmo_data.pipeline.record import DECODE_FAILED, NO_VIDEO_STREAM, TOO_LARGE, VideoFailure, VideoRecord
 from cosmo_data.pipeline.samples import (
     CUT,
     DISSOLVE,
@@ -197,6 +197,14 @@ def test_4k_is_decoded_into_small_outputs(media):
     assert [c.boundary for c in record.clips] == ["start", "cut"]
     assert all((f.width, f.height) == (384, 216) == jpeg_size(f.jpeg) for f in record.frames)
     assert len(record.frames) == 2
+
+
+def test_video_beyond_the_decode_limit_is_refused(media):
+    config = BuildConfig.model_validate({"video": {"max_decode_height": 1080}})
+    with pytest.raises(VideoFailure) as failure:
+        decode(media / "uhd.mp4", config)
+    assert failure.value.status == TOO_LARGE
+    assert "3840x2160" in failure.value.message and SOURCE in failure.value.message
 
 
 def test_rotated_video_is_reported_and_keyframes_turned(media):
