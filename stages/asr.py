@@ -9,7 +9,7 @@ whisper.transcribe(..., condition_on_previous_text=False) segment for segment (s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,18 +46,9 @@ class DecodeSettings:
 
 
 @dataclass
-class RawSegment:
-    start_s: float
-    end_s: float
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-
-
-@dataclass
 class Transcription:
     language: str
-    segments: list[RawSegment]
+    segments: list[Segment]
 
 
 @dataclass
@@ -68,7 +59,7 @@ class AudioStream:
     content_frames: int
     language: str
     seek: int = 0
-    segments: list[RawSegment] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -187,7 +178,9 @@ def take_window(
     def add(piece: list[int], start_s: float, end_s: float) -> None:
         text = tokenizer.decode([t for t in piece if t < tokenizer.eot]).strip()
         if text and start_s != end_s:
-            stream.segments.append(RawSegment(start_s, end_s, text, result.avg_logprob, result.no_speech_prob))
+            stream.segments.append(
+                Segment(len(stream.segments), start_s, end_s, text, result.avg_logprob, result.no_speech_prob)
+            )
 
     if boundaries:
         cuts = boundaries + [len(tokens)] if ends_with_lone_timestamp else boundaries
@@ -277,18 +270,10 @@ class AsrStage:
 
 def to_segments(transcription: Transcription, duration_s: float) -> list[Segment]:
     """Segments inside the audio: whisper may time text into the silence padding past the end."""
-    segments = []
-    for raw in transcription.segments:
-        if raw.start_s >= duration_s:
-            continue
-        segments.append(
-            Segment(
-                seg_idx=len(segments),
-                start_s=round(raw.start_s, 3),
-                end_s=round(min(raw.end_s, duration_s), 3),
-                text=raw.text,
-                avg_logprob=raw.avg_logprob,
-                no_speech_prob=raw.no_speech_prob,
-            )
-        )
-    return segments
+    inside = [raw for raw in transcription.segments if raw.start_s < duration_s]
+    return [
+        # Scores rounded: batched decoding differs in the last float bits with batch composition.
+        replace(raw, seg_idx=index, start_s=round(raw.start_s, 3), end_s=round(min(raw.end_s, duration_s), 3),
+                avg_logprob=round(raw.avg_logprob, 4), no_speech_prob=round(raw.no_speech_prob, 4))
+        for index, raw in enumerate(inside)
+    ]

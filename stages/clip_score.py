@@ -16,6 +16,8 @@ from cosmo_data.stages.caption import open_frame
 from cosmo_data.pipeline.stage import process_batched
 from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device
 
+SIMILARITY_DECIMALS = 4
+
 
 class ClipScoreStage:
     name = "clip_score"
@@ -53,7 +55,9 @@ class ClipScoreStage:
         for record, indices in zip(scored, image_frames):
             n_images, n_texts = len(indices), len(record.document.sentences)
             block = image_embeddings[image_at : image_at + n_images] @ text_embeddings[text_at : text_at + n_texts].T
-            similarities.append(block.clamp(-1.0, 1.0).tolist())
+            # Rounded: batched matmuls differ in the last float bits with batch composition, which
+            # depends on scheduling; reruns must give the same matrix and so the same assignment.
+            similarities.append(block.clamp(-1.0, 1.0).mul(10**SIMILARITY_DECIMALS).round().div(10**SIMILARITY_DECIMALS).tolist())
             image_at, text_at = image_at + n_images, text_at + n_texts
         for record, indices, similarity in zip(scored, image_frames, similarities):
             record.document.image_frames = indices

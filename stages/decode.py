@@ -139,7 +139,7 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
     except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
         error = _describe(exc, aliases, source)
     if scan.frames_decoded == 0:
-        last = av.logging.get_last_error()
+        _, last = av.logging.get_last_error()  # (how many errors so far, (level, component, text) or None)
         raise VideoFailure(DECODE_FAILED, error or _no_frames_message(source, last, aliases))
 
     decoded_end_s = scan.end_s
