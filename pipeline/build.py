@@ -143,7 +143,8 @@ def build(
             else:
                 on_record(record)
     if to_process:
-        run_stages(to_process, stages_factory(config), address=config.ray_address, on_record=on_record)
+        run_stages(to_process, stages_factory(config), address=config.ray_address, seed=config.seed,
+                   on_record=on_record)
     if pending:
         missing = sum(1 for members in pending.values() for m in members.values() if m is None)
         raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")

@@ -8,10 +8,12 @@ one batch at a time and are handed to a callback; nothing is collected.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import socket
+import sys
 from collections.abc import Callable, Iterable
 
 from cosmo_data.pipeline.record import VideoRecord
@@ -22,15 +24,32 @@ class RayConnectionError(Exception):
     """The Ray cluster named by --ray-address cannot be reached."""
 
 
+def seed_for_batch(seed: int, records: list[VideoRecord]) -> None:
+    """Seed every random generator from the build seed and the batch's videos, so that sampling
+    (e.g. whisper's temperature fallback) repeats when the same videos meet in a batch again."""
+    import random
+
+    import numpy as np
+
+    key = hashlib.sha256(f"{seed}:{','.join(r.video_id for r in records)}".encode()).digest()
+    value = int.from_bytes(key[:4], "little")
+    random.seed(value)
+    np.random.seed(value)
+    if "torch" in sys.modules:  # only stages that use torch have imported it
+        sys.modules["torch"].manual_seed(value)
+
+
 class _StageWorker:
     """Ray actor body: owns one stage instance for its lifetime."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, seed: int):
         self.stage = stage
+        self.seed = seed
         self.stage.setup()
 
     def __call__(self, batch: dict) -> dict:
         records = [pickle.loads(blob) for blob in batch["record"]]
+        seed_for_batch(self.seed, records)
         records = self.stage.process(records)
         return {"record": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]}
 
@@ -74,6 +93,7 @@ def run_stages(
     stages: list[Stage],
     *,
     address: str | None,
+    seed: int = 0,
     on_record: Callable[[VideoRecord], None],
 ) -> None:
     """Run records through the stages on Ray, calling on_record for each finished record as it arrives."""
@@ -95,7 +115,7 @@ def run_stages(
     for stage in stages:
         dataset = dataset.map_batches(
             _StageWorker,
-            fn_constructor_args=(stage,),
+            fn_constructor_args=(stage, seed),
             batch_size=stage.batch_size,
             compute=ray.data.ActorPoolStrategy(size=stage.resources.concurrency),
             num_cpus=stage.resources.cpus,
