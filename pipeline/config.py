@@ -78,6 +78,8 @@ class VideoStageConfig(_Strict):
     audio: bool = True
     # COSMO clip mp4s (written only with the cosmo shard format) are re-encoded at most this tall.
     clip_max_height: int = Field(360, ge=16)
+    # Frame rate of the small copy the cosmo clip mp4s are cut from (encoded in the decode pass).
+    clip_fps: float = Field(8.0, gt=0)
 
 
 class AsrConfig(_Strict):

@@ -70,14 +70,14 @@ class DecodedVideo:
     decode_error: str | None = None  # set when decoding stopped early but some frames came out
 
 
-def decode_video(path: Path, record: VideoRecord, config: BuildConfig) -> None:
+def decode_video(path: Path, record: VideoRecord, config: BuildConfig, clip_video: Path | None = None) -> None:
     """Fill the record's probe fields, clips, keyframes and audio from one pass over `path`.
 
     Raises VideoFailure(NO_VIDEO_STREAM) for files without video and VideoFailure(DECODE_FAILED)
     with ffmpeg's own words (temp paths replaced by the source) when no frame decodes.
     """
     record.file_size = path.stat().st_size
-    decoded = decode_pass(path, config, record.source)
+    decoded = decode_pass(path, config, record.source, clip_video)
     record.duration_s = decoded.duration_s
     record.fps = decoded.fps
     record.width = decoded.width
@@ -90,7 +90,8 @@ def decode_video(path: Path, record: VideoRecord, config: BuildConfig) -> None:
     record.audio_pcm = decoded.audio_pcm
 
 
-def decode_pass(path: Path, config: BuildConfig, source: str) -> DecodedVideo:
+def decode_pass(path: Path, config: BuildConfig, source: str, clip_video: Path | None = None) -> DecodedVideo:
+    """One pass over path; with clip_video, also write the small copy the cosmo clips are cut from."""
     url = "file:" + str(path.resolve())  # "file:" keeps names like "a:b.mp4" from reading as protocols
     aliases = [url, str(path.resolve()), str(path)]
     with _ffmpeg_errors_logged():
@@ -99,10 +100,16 @@ def decode_pass(path: Path, config: BuildConfig, source: str) -> DecodedVideo:
         except av.FFmpegError as exc:
             raise VideoFailure(DECODE_FAILED, _describe(exc, aliases, source)) from None
         with container:
-            return _scan(container, config, source, aliases)
+            return _scan(container, config, source, aliases, clip_video)
 
 
-def _scan(container: av.container.InputContainer, config: BuildConfig, source: str, aliases: list[str]) -> DecodedVideo:
+def _scan(
+    container: av.container.InputContainer,
+    config: BuildConfig,
+    source: str,
+    aliases: list[str],
+    clip_video: Path | None,
+) -> DecodedVideo:
     # Cover art in an audio file is a one-picture "video" stream: not a video.
     videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not videos:
@@ -125,7 +132,7 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
     origin_s = container.start_time / av.time_base if container.start_time is not None else 0.0
     fps = _stream_fps(video)
 
-    scan = _VideoScan(config, fps, origin_s)
+    scan = _VideoScan(config, fps, origin_s, _ClipVideoEncoder(clip_video, fps, config) if clip_video else None)
     audio = _AudioCollector(origin_s) if want_audio else None
     streams = [video, audio_stream] if want_audio else [video]
     error: str | None = None
@@ -138,6 +145,9 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
                 audio.add_packet(packet)
     except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
         error = _describe(exc, aliases, source)
+    finally:
+        if scan.clip_video is not None:
+            scan.clip_video.close()
     if scan.frames_decoded == 0:
         _, last = av.logging.get_last_error()  # (how many errors so far, (level, component, text) or None)
         raise VideoFailure(DECODE_FAILED, error or _no_frames_message(source, last, aliases))
@@ -171,7 +181,8 @@ def _scan(container: av.container.InputContainer, config: BuildConfig, source: s
 class _VideoScan:
     """Looks at each decoded frame once: feeds every k-th to the detectors, keeps keyframe candidates."""
 
-    def __init__(self, config: BuildConfig, fps: float, origin_s: float):
+    def __init__(self, config: BuildConfig, fps: float, origin_s: float, clip_video: _ClipVideoEncoder | None):
+        self.clip_video = clip_video
         self.scenes = SceneBoundaryDetector(config.scenes)
         self.candidates = _CandidatePool(config.keyframes, fps)
         self._config = config
@@ -203,6 +214,8 @@ class _VideoScan:
             ).to_ndarray()
             self.scenes.push(t_s, small)
         self.candidates.offer(index, t_s, frame, self.rotation)
+        if self.clip_video is not None:
+            self.clip_video.offer(index, t_s, frame)
 
     def _time(self, frame: av.VideoFrame) -> float:
         """Seconds from the container's start; frames without a timestamp follow the previous one."""
@@ -210,6 +223,51 @@ class _VideoScan:
         t_s = max(t_s, self._last_t + 1e-6, 0.0)
         self._last_t = t_s
         return t_s
+
+
+class _ClipVideoEncoder:
+    """A small, low-rate copy of the video encoded from frames of the same pass (x264, no audio).
+
+    The cosmo format's clip mp4s are cut from it, so making them never decodes the source again.
+    Timestamps are the source's, in milliseconds, so clip times cut it exactly.
+    """
+
+    def __init__(self, path: Path, fps: float, config: BuildConfig):
+        self._stride = max(1, round(fps / config.video.clip_fps))
+        self._max_height = config.video.clip_max_height
+        self._rate = config.video.clip_fps
+        self._container = av.open(str(path), "w", format="mp4")
+        self._stream: av.VideoStream | None = None
+        self._reformatter = VideoReformatter()
+
+    def offer(self, index: int, t_s: float, frame: av.VideoFrame) -> None:
+        if index % self._stride:
+            return
+        if self._stream is None:
+            self._stream = self._open_stream(frame)
+        small = self._reformatter.reformat(
+            frame, width=self._stream.width, height=self._stream.height, format="yuv420p",
+            interpolation=SCALING, threads=1,
+        )
+        small.pts = round(t_s * 1000)
+        small.time_base = Fraction(1, 1000)
+        self._container.mux(self._stream.encode(small))
+
+    def _open_stream(self, frame: av.VideoFrame) -> av.VideoStream:
+        height = min(self._max_height, frame.height)
+        width = max(2, round(frame.width * height / frame.height / 2) * 2)  # x264's 4:2:0 wants even sizes
+        stream = self._container.add_stream("libx264", rate=Fraction(self._rate).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width, height - height % 2, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"preset": "ultrafast", "crf": "28"}
+        stream.codec_context.thread_count = 1  # small pictures; the decoder's threads keep the cores
+        return stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._container.mux(self._stream.encode(None))
+        self._container.close()
 
 
 @dataclass

@@ -108,10 +108,12 @@ def decode_file(path: Path, record: VideoRecord, config: BuildConfig, work_dir: 
     """Runs in the child process: the one decode pass, then the clip mp4s if the cosmo format is on."""
     # Scratch files go to the work dir, which the parent deletes even when this process is killed.
     tempfile.tempdir = str(work_dir)
-    decode_video(path, record, config)
-    if record.ok and record.clips and "cosmo" in config.output.formats:
+    # The cosmo clips are cut from a small copy made during the decode pass, never from the source.
+    clip_video = work_dir / "clips-source.mp4" if "cosmo" in config.output.formats else None
+    decode_video(path, record, config, clip_video)
+    if record.ok and record.clips and clip_video is not None:
         with timed(record, "clip_mp4"):
-            record.clip_videos = cut_clip_mp4s(path, record.clips, config.video.clip_max_height)
+            record.clip_videos = cut_clip_mp4s(clip_video, record.clips, config.video.clip_max_height)
     return record
 
 

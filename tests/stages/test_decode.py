@@ -159,6 +159,18 @@ def test_decoded_once(media, monkeypatch):
     assert decoded.candidates_encoded == 14
 
 
+def test_the_cosmo_clip_source_is_written_in_the_same_pass(media, tmp_path):
+    small = tmp_path / "clips-source.mp4"
+    decoded = decode_pass(media / "shots.mp4", BuildConfig(), SOURCE, clip_video=small)
+    assert decoded.frames_decoded == 164  # still one decode of the source
+    with av.open(str(small)) as container:
+        stream = container.streams.video[0]
+        assert stream.height <= BuildConfig().video.clip_max_height and not container.streams.audio
+        stride = round(25 / BuildConfig().video.clip_fps)  # every 3rd frame of the 25 fps source
+        assert stream.frames == -(-decoded.frames_decoded // stride)
+        assert container.duration / av.time_base == pytest.approx(decoded.duration_s, abs=0.2)
+
+
 def test_no_video_stream(media):
     with pytest.raises(VideoFailure) as failure:
         decode(media / "tone.m4a")
