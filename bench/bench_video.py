@@ -5,7 +5,8 @@ seconds and in CPU seconds (user + system, all threads; ffmpeg's as a child proc
 machine the CPU seconds are the steadier comparison: wall time also counts waiting for the cores.
   ffmpeg   `ffmpeg -i F -f null -` (decodes video and audio, does nothing with them)
   detect   `scenedetect.detect(F, ContentDetector())` (PySceneDetect's own decode + detection)
-  ours     decode_video with the BuildConfig defaults (scenes, keyframes, 16 kHz audio)
+  ours     the CPU stage's decode pass with the BuildConfig defaults (scenes, keyframes, 16 kHz audio,
+           the small copy for the cosmo clips) plus cutting the clip mp4s from that copy
 plus the peak RSS of decode_video on a short 4K file, measured in a fresh subprocess.
 
 Usage: python bench/bench_video.py --out bench/results/video.json
@@ -20,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import av
 
 from cosmo_data.pipeline import samples
 from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.stages.decode import decode_pass
+from cosmo_data.stages.decode import cut_clip_mp4s, decode_pass
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 TARGET_RATIO = 1.3
@@ -97,9 +99,13 @@ def time_detect(video: Path) -> tuple[Timer, int]:
 
 
 def time_decode(video: Path) -> tuple[Timer, dict]:
+    """The CPU stage's work on a local file as a build does it with every shard format on: the one
+    decode pass (writing the small copy the cosmo clips come from), then cutting the clip mp4s."""
     config = BuildConfig()
-    with Timer() as timer:
-        decoded = decode_pass(video, config, str(video))
+    with tempfile.TemporaryDirectory(prefix="cosmo_bench_") as scratch, Timer() as timer:
+        clip_source = Path(scratch) / "clips-source.mp4"
+        decoded = decode_pass(video, config, str(video), clip_video=clip_source)
+        clip_videos = cut_clip_mp4s(clip_source, decoded.clips, config.video.clip_max_height)
     found = [(clip.start_s, clip.boundary) for clip in decoded.clips[1:] if clip.boundary != "split"]
     score = samples.score_boundaries(samples.GroundTruth.load(video).boundaries, found)
     return timer, {
@@ -108,6 +114,7 @@ def time_decode(video: Path) -> tuple[Timer, dict]:
         "keyframe_candidates_encoded": decoded.candidates_encoded,
         "clips": len(decoded.clips),
         "keyframes": len(decoded.frames),
+        "clip_mp4s": len(clip_videos),
         "audio_s": round(len(decoded.audio_pcm or b"") / 2 / 16000, 2),
         "boundary_f1": round(score.f1, 3),
         "boundary_precision": round(score.precision, 3),
