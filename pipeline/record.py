@@ -134,6 +134,19 @@ class VideoRecord:
         self.clip_videos = {}
         self.document = None
 
+    def image_info(self) -> list[dict]:
+        """The document's images as MMC4 lists them (plus frame index and time), one dict per kept image."""
+        document = self.document
+        if document is None:
+            return []
+        return [
+            {"image_name": f"{frame_index}.jpg", "frame_idx": self.frames[frame_index].frame_idx,
+             "t_s": self.frames[frame_index].t_s, "matched_text_index": text_index, "matched_sim": sim}
+            for frame_index, text_index, sim in zip(
+                document.image_frames, document.matched_text_index, document.matched_sim
+            )
+        ]
+
     def count(self, reason: str, n: int = 1) -> None:
         if n:
             key = f"dropped_{reason}"

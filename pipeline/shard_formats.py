@@ -56,13 +56,7 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
                 {"text": s.text, "start_s": s.start_s, "end_s": s.end_s, "source": s.source}
                 for s in document.sentences
             ],
-            image_info=[
-                {"image_name": f"{frame_index}.jpg", "frame_idx": record.frames[frame_index].frame_idx,
-                 "t_s": record.frames[frame_index].t_s, "matched_text_index": text_index, "matched_sim": sim}
-                for frame_index, text_index, sim in zip(
-                    document.image_frames, document.matched_text_index, document.matched_sim
-                )
-            ],
+            image_info=record.image_info(),
             similarity_matrix=document.similarity,
             assignment=document.assignment,
             n_tokens=document.n_tokens,
@@ -92,12 +86,8 @@ def mmc4_sample(record: VideoRecord) -> dict[str, bytes] | None:
         "url": record.source,
         "text_list": [s.text for s in document.sentences],
         "image_info": [
-            {"image_name": f"{frame_index}.jpg", "matched_text_index": text_index, "matched_sim": sim,
-             "image_base64": base64.b64encode(record.frames[frame_index].jpeg).decode("ascii"),
-             "frame_idx": record.frames[frame_index].frame_idx, "t_s": record.frames[frame_index].t_s}
-            for frame_index, text_index, sim in zip(
-                document.image_frames, document.matched_text_index, document.matched_sim
-            )
+            {**entry, "image_base64": base64.b64encode(record.frames[frame_index].jpeg).decode("ascii")}
+            for frame_index, entry in zip(document.image_frames, record.image_info())
         ],
         "similarity_matrix": document.similarity,
         "assignment": document.assignment,

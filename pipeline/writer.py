@@ -111,14 +111,7 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                     "sentence_start_s": [s.start_s for s in document.sentences],
                     "sentence_end_s": [s.end_s for s in document.sentences],
                     "sentence_source": [s.source for s in document.sentences],
-                    "image_info": [
-                        {"image_name": f"{frame_index}.jpg", "frame_idx": record.frames[frame_index].frame_idx,
-                         "t_s": record.frames[frame_index].t_s, "matched_text_index": text_index,
-                         "matched_sim": sim}
-                        for frame_index, text_index, sim in zip(
-                            document.image_frames, document.matched_text_index, document.matched_sim
-                        )
-                    ],
+                    "image_info": record.image_info(),
                     "similarity_matrix": document.similarity,
                     "assignment": document.assignment,
                     "n_tokens": document.n_tokens,
