@@ -77,9 +77,9 @@ class VideoStageConfig(_Strict):
     tmp_dir: str | None = None
     audio: bool = True
     # COSMO clip mp4s (written only with the cosmo shard format) are re-encoded at most this tall.
-    clip_max_height: int = Field(360, ge=16)
+    clip_max_height: int = Field(256, ge=16)  # COSMO's loader reads clips at 256x256
     # Frame rate of the small copy the cosmo clip mp4s are cut from (encoded in the decode pass).
-    clip_fps: float = Field(8.0, gt=0)
+    clip_fps: float = Field(4.0, gt=0)
 
 
 class AsrConfig(_Strict):

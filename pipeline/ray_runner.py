@@ -14,6 +14,7 @@ import os
 import pickle
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 
 from cosmo_data.pipeline.record import VideoRecord
@@ -108,6 +109,8 @@ def run_stages(
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray Data's advice about pool sizes and its own deprecations are noise in the build's console.
+    warnings.filterwarnings("ignore", module=r"ray\.data")
     gpus_available = ray.cluster_resources().get("GPU", 0) > 0
 
     # One video per block: videos are heavy and independent, so they spread over the pool at once.
