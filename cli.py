@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 import yaml
-
 from cosmo_data.pipeline.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,7 +45,8 @@ def build(
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")] = [],
 ) -> None:
     """Download, cut, transcribe, caption, score and interleave videos into a corpus under --out."""
-    from cosmo_data.pipeline.build import BuildError, build as run_build
+    from cosmo_data.pipeline.build import BuildError
+    from cosmo_data.pipeline.build import build as run_build
     from cosmo_data.pipeline.ray_runner import RayConnectionError
     from cosmo_data.pipeline.sources import SourceError
 
@@ -124,7 +124,8 @@ def preview(
 @app.command()
 def validate(out: Annotated[Path, typer.Argument(help="a built corpus")]) -> None:
     """Check shards, sizes.json and tables against the schemas and each other."""
-    from cosmo_data.pipeline.validate import format_report, validate as run_validate
+    from cosmo_data.pipeline.validate import format_report
+    from cosmo_data.pipeline.validate import validate as run_validate
 
     _require_corpus(out)
     report = run_validate(out)

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from cosmo_data.stages.caption import CocaCaptioner
 from cosmo_data.stages.models import OpenClipModel
+from PIL import Image
 
 # whisper "small" as published by openai/whisper (ModelDimensions of small.pt).
 WHISPER_SMALL_DIMS = {

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import av
-
 from cosmo_data.pipeline import samples
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.stages.decode import cut_clip_mp4s, decode_pass

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
 from cosmo_data.pipeline.query import QueryError, connect, parquet_scan, table_files
 
 MAX_FAILED_LISTED = 200

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-
 from cosmo_data.schemas import TABLES
 
 OutputFormat = Literal["table", "csv", "json"]

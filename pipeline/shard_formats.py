@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
-
 from cosmo_data.pipeline.record import Clip, Sentence, VideoRecord
 
 # COSMO's webdataset loader divides every clip time by video_speed=5 (its HowTo100M mp4s were sped up

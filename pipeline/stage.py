@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cosmo_data.pipeline.config import StageResourcesConfig
 from cosmo_data.pipeline.record import INTERNAL_ERROR, VideoFailure, VideoRecord
 
 
@@ -17,6 +18,10 @@ class Resources:
     gpus: float = 0.0
     # Number of parallel workers (Ray actors) running this stage.
     concurrency: int = 1
+
+
+def resources_from(config: StageResourcesConfig) -> Resources:
+    return Resources(cpus=config.cpus, gpus=config.gpus, concurrency=config.concurrency)
 
 
 class Stage(Protocol):

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
 from cosmo_data.pipeline.query import QueryError, connect
 
 SENTENCE_SOURCES = ("caption", "asr")

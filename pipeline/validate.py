@@ -30,10 +30,9 @@ import av
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
-
 from cosmo_data.pipeline.query import QueryError, connect, table_files
 from cosmo_data.schemas import TABLES
+from PIL import Image
 
 STATE_DIR = "_state"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

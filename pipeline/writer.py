@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from cosmo_data import schemas
 from cosmo_data.pipeline.record import FILTERED, SHARD_FAILED, VideoRecord
 from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError

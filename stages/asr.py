@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import ASR_FAILED, Segment, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import Resources
-from cosmo_data.pipeline.stage import process_batched
+from cosmo_data.pipeline.stage import process_batched, resources_from
 from cosmo_data.stages.models import load_whisper, pick_device
 
 if TYPE_CHECKING:  # whisper is imported where it is used: importing it pulls in numba
@@ -231,7 +229,7 @@ class AsrStage:
     def __init__(self, config: BuildConfig):
         self.config = config.asr
         resources = config.asr.resources
-        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
         self.settings = DecodeSettings(
             language=self.config.language,

@@ -32,12 +32,17 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+from cosmo_data.pipeline.config import AssignConfig, BuildConfig
+from cosmo_data.pipeline.record import (
+    DOCUMENT_FAILED,
+    FILTERED,
+    Document,
+    VideoFailure,
+    VideoRecord,
+)
+from cosmo_data.pipeline.stage import process_each, resources_from
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
-
-from cosmo_data.pipeline.config import AssignConfig, BuildConfig
-from cosmo_data.pipeline.record import DOCUMENT_FAILED, FILTERED, Document, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import Resources, process_each
 
 THUMBNAIL_SIZE = 16
 
@@ -174,7 +179,7 @@ class AssignStage:
     def __init__(self, config: BuildConfig):
         self.settings = config.assign
         resources = config.assign.resources
-        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
 
     def setup(self) -> None:

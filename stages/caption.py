@@ -10,11 +10,9 @@ import io
 from typing import Protocol
 
 import torch
-from PIL import Image
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import Resources, process_batched
+from cosmo_data.pipeline.stage import process_batched, resources_from
 from cosmo_data.stages.models import (
     ModelError,
     OpenClipModel,
@@ -22,6 +20,7 @@ from cosmo_data.stages.models import (
     load_open_clip,
     pick_device,
 )
+from PIL import Image
 
 
 class Captioner(Protocol):
@@ -116,7 +115,7 @@ class CaptionStage:
     def __init__(self, config: BuildConfig):
         self.config = config.caption
         resources = config.caption.resources
-        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
         self.captioner: Captioner | None = None
 

@@ -7,14 +7,12 @@ similarity of image i (record.frames[document.image_frames[i]]) and sentence j, 
 from __future__ import annotations
 
 import torch
-from PIL import Image
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, VideoRecord
-from cosmo_data.pipeline.stage import Resources
+from cosmo_data.pipeline.stage import process_batched, resources_from
 from cosmo_data.stages.caption import open_frame
-from cosmo_data.pipeline.stage import process_batched
 from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device
+from PIL import Image
 
 SIMILARITY_DECIMALS = 4
 
@@ -25,7 +23,7 @@ class ClipScoreStage:
     def __init__(self, config: BuildConfig):
         self.config = config.clip_score
         resources = config.clip_score.resources
-        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
         self.clip: OpenClipModel | None = None
 

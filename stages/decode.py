@@ -26,7 +26,6 @@ import av.logging
 import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
-
 from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
 from cosmo_data.pipeline.record import (
     DECODE_FAILED,
@@ -37,7 +36,11 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.stages.scenes import GRADUAL, SceneBoundaryDetector, clips_from_boundaries
+from cosmo_data.stages.scenes import (
+    GRADUAL,
+    SceneBoundaryDetector,
+    clips_from_boundaries,
+)
 
 AUDIO_RATE = 16000
 # Swscale's area averaging: a proper box filter when shrinking (no aliasing noise for the detectors)

@@ -16,8 +16,16 @@ from __future__ import annotations
 import re
 
 from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import DOCUMENT_FAILED, FILTERED, Document, Segment, Sentence, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import Resources, process_each
+from cosmo_data.pipeline.record import (
+    DOCUMENT_FAILED,
+    FILTERED,
+    Document,
+    Segment,
+    Sentence,
+    VideoFailure,
+    VideoRecord,
+)
+from cosmo_data.pipeline.stage import process_each, resources_from
 
 # A break after ., !, ? or … (optionally closed by a quote or bracket) followed by whitespace, or right
 # after CJK full stops, which are not followed by spaces. "3.5" and "e.g.x" stay whole.
@@ -59,7 +67,7 @@ class DocumentStage:
 
     def __init__(self, config: BuildConfig):
         settings = config.assign.document_resources
-        self.resources = Resources(cpus=settings.cpus, gpus=settings.gpus, concurrency=settings.concurrency)
+        self.resources = resources_from(settings)
         self.batch_size = settings.batch_size
 
     def setup(self) -> None:

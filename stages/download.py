@@ -28,9 +28,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yt_dlp
-from yt_dlp.networking.exceptions import CertificateVerifyError, HTTPError, TransportError
-from yt_dlp.utils import DownloadError
-
 from cosmo_data.pipeline.config import DownloadConfig
 from cosmo_data.pipeline.record import (
     DEADLINE_EXCEEDED,
@@ -43,6 +40,12 @@ from cosmo_data.pipeline.record import (
     VideoRecord,
 )
 from cosmo_data.pipeline.stage import describe_exception
+from yt_dlp.networking.exceptions import (
+    CertificateVerifyError,
+    HTTPError,
+    TransportError,
+)
+from yt_dlp.utils import DownloadError
 
 MB = 1024 * 1024
 # HTTP statuses worth another try; anything else (404, 403, 410, ...) will not change on retry.

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from cosmo_data.pipeline.config import BuildConfig, StageResourcesConfig
 
 if TYPE_CHECKING:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from cosmo_data.pipeline.config import ScenesConfig
+from cosmo_data.pipeline.record import Clip
 from scenedetect import (
     AdaptiveDetector,
     ContentDetector,
@@ -24,9 +26,6 @@ from scenedetect import (
     ThresholdDetector,
 )
 from scenedetect.common import FrameTimecode
-
-from cosmo_data.pipeline.config import ScenesConfig
-from cosmo_data.pipeline.record import Clip
 
 CUT = "cut"
 GRADUAL = "gradual"

@@ -30,9 +30,14 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import Resources, process_each
+from cosmo_data.pipeline.stage import process_each, resources_from
 from cosmo_data.stages.decode import cut_clip_mp4s, decode_video
-from cosmo_data.stages.download import download, prepare_children, run_with_deadline, scrub_paths
+from cosmo_data.stages.download import (
+    download,
+    prepare_children,
+    run_with_deadline,
+    scrub_paths,
+)
 
 
 class VideoStage:
@@ -41,7 +46,7 @@ class VideoStage:
     def __init__(self, config: BuildConfig):
         self.config = config
         resources = config.video.resources
-        self.resources = Resources(cpus=resources.cpus, gpus=resources.gpus, concurrency=resources.concurrency)
+        self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
 
     def setup(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.config import BuildConfig, load_config
 from cosmo_data.pipeline.samples import make_demo_videos

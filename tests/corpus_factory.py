@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from cosmo_data.pipeline.config import BuildConfig, OutputConfig
 from cosmo_data.pipeline.record import (
     DECODE_FAILED,
@@ -31,6 +29,7 @@ from cosmo_data.pipeline.record import (
 )
 from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
+from PIL import Image, ImageDraw
 
 # How-to videos as a reader would meet them: per clip, the keyframe's caption and what was said.
 THEMES: list[tuple[str, list[tuple[str, list[str]]]]] = [

@@ -14,7 +14,6 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.samples import GroundTruth
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import tiny_config
-from loopback import refused_url, serve_directory
-
 from cosmo_data.pipeline import samples
 from cosmo_data.pipeline.build import build
+from loopback import refused_url, serve_directory
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,4 @@
 import pytest
-
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.config import BuildConfig, ConfigError, load_config
 

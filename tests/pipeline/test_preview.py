@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 from corpus_factory import Corpus, build_corpus, failed_record, ok_record, write_corpus
-from PIL import Image, ImageStat
-
 from cosmo_data.pipeline.preview import PreviewResult, format_time, write_preview
 from cosmo_data.pipeline.query import QueryError
 from cosmo_data.pipeline.record import DOWNLOAD_FAILED
+from PIL import Image, ImageStat
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]

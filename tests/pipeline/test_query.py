@@ -6,7 +6,6 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import build_corpus
-
 from cosmo_data.pipeline.query import QueryError, connect, run_query
 from cosmo_data.schemas import TABLES
 

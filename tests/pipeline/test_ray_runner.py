@@ -1,8 +1,11 @@
 import random
 
 import pytest
-
-from cosmo_data.pipeline.ray_runner import RayConnectionError, check_ray_address, seed_for_batch
+from cosmo_data.pipeline.ray_runner import (
+    RayConnectionError,
+    check_ray_address,
+    seed_for_batch,
+)
 from cosmo_data.pipeline.record import VideoRecord
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cosmo_data.pipeline import samples
 from cosmo_data.pipeline.samples import (
     CUT,

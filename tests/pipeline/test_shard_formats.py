@@ -8,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from loaders import cosmo_interleaved_video, openflamingo_mmc4
-from PIL import Image
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import DECODE_FAILED, Clip, Frame, Segment, VideoRecord
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError, clip_captions, cosmo_sample
+from cosmo_data.pipeline.shard_formats import (
+    SAMPLE_WRITERS,
+    ShardFormatError,
+    clip_captions,
+    cosmo_sample,
+)
 from cosmo_data.stages.assign import AssignStage, assign_mmc4
 from cosmo_data.stages.document import DocumentStage
+from loaders import cosmo_interleaved_video, openflamingo_mmc4
+from PIL import Image
 
 # Clip colours and lengths in whole seconds, so COSMO's whole-second clip times fall on clip boundaries.
 CLIPS = [("red", 2), ("lime", 3), ("blue", 2)]

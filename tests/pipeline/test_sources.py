@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from cosmo_data.pipeline.sources import SourceError, classify, read_sources
 
 

@@ -1,4 +1,9 @@
-from cosmo_data.pipeline.record import ASR_FAILED, DECODE_FAILED, VideoFailure, VideoRecord
+from cosmo_data.pipeline.record import (
+    ASR_FAILED,
+    DECODE_FAILED,
+    VideoFailure,
+    VideoRecord,
+)
 from cosmo_data.pipeline.stage import process_batched, process_each
 
 

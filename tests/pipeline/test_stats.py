@@ -5,7 +5,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import failed_record, ok_record, realistic_records, write_corpus
-
 from cosmo_data.pipeline.record import FILTERED
 from cosmo_data.pipeline.stats import compute_stats, format_stats
 

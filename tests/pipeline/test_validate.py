@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import Corpus, build_corpus
-
 from cosmo_data.pipeline.validate import format_report, validate
 
 

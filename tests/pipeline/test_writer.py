@@ -4,11 +4,18 @@ import json
 import duckdb
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image
-
 from cosmo_data import schemas
-from cosmo_data.pipeline.record import DOWNLOAD_FAILED, Clip, Document, Frame, Segment, Sentence, VideoRecord
+from cosmo_data.pipeline.record import (
+    DOWNLOAD_FAILED,
+    Clip,
+    Document,
+    Frame,
+    Segment,
+    Sentence,
+    VideoRecord,
+)
 from cosmo_data.pipeline.writer import CorpusWriter
+from PIL import Image
 
 
 def jpeg(color) -> bytes:

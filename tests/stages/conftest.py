@@ -6,10 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopback import LoopbackServer, serve_directory
-
-from cosmo_data.pipeline.samples import CUT, make_audio_only, make_sample_video, run_ffmpeg
+from cosmo_data.pipeline.samples import (
+    CUT,
+    make_audio_only,
+    make_sample_video,
+    run_ffmpeg,
+)
 from cosmo_data.stages.download import prepare_children
+from loopback import LoopbackServer, serve_directory
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import whisper
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import ASR_FAILED, DECODE_FAILED, VideoRecord
 from cosmo_data.stages import models
 from cosmo_data.stages.asr import (
     AsrStage,
-    DecodeSettings,
     AudioStream,
+    DecodeSettings,
     take_window,
     transcribe_batch,
 )

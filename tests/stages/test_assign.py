@@ -3,11 +3,15 @@ import itertools
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy.optimize import linear_sum_assignment
-
 from cosmo_data.pipeline.config import AssignConfig, BuildConfig
-from cosmo_data.pipeline.record import DOCUMENT_FAILED, FILTERED, Document, Frame, Sentence, VideoRecord
+from cosmo_data.pipeline.record import (
+    DOCUMENT_FAILED,
+    FILTERED,
+    Document,
+    Frame,
+    Sentence,
+    VideoRecord,
+)
 from cosmo_data.stages.assign import (
     AssignStage,
     assign_mmc4,
@@ -16,6 +20,8 @@ from cosmo_data.stages.assign import (
     near_duplicates,
     time_prior,
 )
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
 
 def upstream_mmc4(im2txt: np.ndarray) -> list[int]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, ImageDraw
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CAPTION_FAILED, OK, Frame, VideoRecord
 from cosmo_data.stages import models
 from cosmo_data.stages.caption import CaptionStage
 from cosmo_data.stages.models import TINY_BLIP, TINY_CLIP, TINY_COCA, ModelError
+from PIL import Image, ImageDraw
 
 COCA = {"backend": "open_clip", "model": TINY_COCA, "pretrained": None, "max_tokens": 8}
 BLIP = {"backend": "hf", "model": TINY_BLIP, "pretrained": None, "max_tokens": 6}

@@ -7,13 +7,19 @@ import io
 import open_clip
 import pytest
 import torch
-from PIL import Image, ImageDraw
-
 from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, OK, Document, Frame, Sentence, VideoRecord
+from cosmo_data.pipeline.record import (
+    CLIP_SCORE_FAILED,
+    OK,
+    Document,
+    Frame,
+    Sentence,
+    VideoRecord,
+)
 from cosmo_data.stages import models
 from cosmo_data.stages.clip_score import ClipScoreStage
 from cosmo_data.stages.models import TINY_CLIP, load_open_clip
+from PIL import Image, ImageDraw
 
 SENTENCES = ["a red circle on a white wall", "we cut the onions into thin slices", "a red circle on a white wall"]
 

@@ -12,9 +12,14 @@ import av
 import cv2
 import numpy as np
 import pytest
-
 from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
-from cosmo_data.pipeline.record import DECODE_FAILED, NO_VIDEO_STREAM, TOO_LARGE, VideoFailure, VideoRecord
+from cosmo_data.pipeline.record import (
+    DECODE_FAILED,
+    NO_VIDEO_STREAM,
+    TOO_LARGE,
+    VideoFailure,
+    VideoRecord,
+)
 from cosmo_data.pipeline.samples import (
     CUT,
     DISSOLVE,

@@ -1,10 +1,16 @@
 import io
 
-from PIL import Image
-
 from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import DOWNLOAD_FAILED, FILTERED, Clip, Frame, Segment, VideoRecord
+from cosmo_data.pipeline.record import (
+    DOWNLOAD_FAILED,
+    FILTERED,
+    Clip,
+    Frame,
+    Segment,
+    VideoRecord,
+)
 from cosmo_data.stages.document import DocumentStage, segment_sentences, split_sentences
+from PIL import Image
 
 
 def jpeg(color: str) -> bytes:

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import refused_url
-
 from cosmo_data.pipeline.config import DownloadConfig
 from cosmo_data.pipeline.record import (
     DEADLINE_EXCEEDED,
@@ -25,7 +23,13 @@ from cosmo_data.pipeline.record import (
     VideoRecord,
 )
 from cosmo_data.pipeline.sources import classify
-from cosmo_data.stages.download import backoff_s, download, run_with_deadline, scrub_paths
+from cosmo_data.stages.download import (
+    backoff_s,
+    download,
+    run_with_deadline,
+    scrub_paths,
+)
+from loopback import refused_url
 
 pytestmark = pytest.mark.usefixtures("fast_children")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.stages import models
 from cosmo_data.stages.models import (

@@ -9,10 +9,15 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import pytest
-from scenedetect.common import FrameTimecode
-
 from cosmo_data.pipeline.config import BuildConfig, ScenesConfig
-from cosmo_data.pipeline.samples import CUT, DISSOLVE, FADE, FADEBLACK, make_sample_video, score_boundaries
+from cosmo_data.pipeline.samples import (
+    CUT,
+    DISSOLVE,
+    FADE,
+    FADEBLACK,
+    make_sample_video,
+    score_boundaries,
+)
 from cosmo_data.stages.decode import decode_pass
 from cosmo_data.stages.scenes import (
     GradualTransitionDetector,
@@ -20,6 +25,7 @@ from cosmo_data.stages.scenes import (
     clips_from_boundaries,
     thin_boundaries,
 )
+from scenedetect.common import FrameTimecode
 
 FPS = 12.0
 SIZE = (128, 96)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import (
     DEADLINE_EXCEEDED,
