@@ -104,7 +104,7 @@ def time_decode(video: Path) -> tuple[Timer, dict]:
     with tempfile.TemporaryDirectory(prefix="cosmo_bench_") as scratch, Timer() as timer:
         clip_source = Path(scratch) / "clips-source.mp4"
         decoded = decode_pass(video, config, str(video), clip_video=clip_source)
-        clip_videos = cut_clip_mp4s(clip_source, decoded.clips, config.video.clip_max_height)
+        clip_videos = cut_clip_mp4s(clip_source, decoded.clips, config.video.clip_fps)
     found = [(clip.start_s, clip.boundary) for clip in decoded.clips[1:] if clip.boundary != "split"]
     score = samples.score_boundaries(samples.GroundTruth.load(video).boundaries, found)
     return timer, {

@@ -76,7 +76,7 @@ class VideoStageConfig(_Strict):
     min_free_disk_gb: float = Field(1.0, ge=0)
     tmp_dir: str | None = None
     audio: bool = True
-    # COSMO clip mp4s (written only with the cosmo shard format) are re-encoded at most this tall.
+    # COSMO clip mp4s (written only with the cosmo shard format) are at most this tall.
     clip_max_height: int = Field(256, ge=16)  # COSMO's loader reads clips at 256x256
     # Frame rate of the small copy the cosmo clip mp4s are cut from (encoded in the decode pass).
     clip_fps: float = Field(4.0, gt=0)

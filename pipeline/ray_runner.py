@@ -1,9 +1,10 @@
 """The one adapter between stages and Ray Data. Nothing else in the project imports ray.
 
-Each stage becomes a map_batches over an actor pool (models load once per actor, in setup()), with
-cpus/gpus/concurrency/batch size taken from the stage. Records travel pickled in a single binary column:
-they are nested and carry JPEGs and PCM audio, never video bytes. Results stream back to the driver
-one batch at a time and are handed to a callback; nothing is collected.
+Each group of consecutive stages with the same declared resources becomes one map_batches over an
+actor pool (models load once per actor, in setup()), with cpus/gpus/concurrency taken from the
+stages. Records travel pickled in a single binary column: they are nested and carry JPEGs and PCM
+audio, never video bytes. Results stream back to the driver one batch at a time and are handed to a
+callback; nothing is collected.
 """
 
 from __future__ import annotations
@@ -40,22 +41,45 @@ def seed_for_batch(seed: int, records: list[VideoRecord]) -> None:
         sys.modules["torch"].manual_seed(value)
 
 
-class _StageWorker:
-    """Ray actor body: owns one stage instance for its lifetime."""
+def worker_groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive stages that declare the same resources share one actor pool.
 
-    def __init__(self, stage: Stage, seed: int):
-        self.stage = stage
+    One process then holds all their models (one torch import, one CUDA context) and records go
+    from one stage to the next in memory. On a small machine that is the difference between five
+    model workers starting at once, competing with the decode for the cores, and one.
+    """
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if groups and groups[-1][0].resources == stage.resources:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+class _StageWorker:
+    """Ray actor body: owns one instance of each stage of its group for its lifetime."""
+
+    def __init__(self, stages: list[Stage], seed: int):
+        self.stages = stages
         self.seed = seed
-        self.stage.setup()
+        for stage in stages:
+            stage.setup()
 
     def __call__(self, batch: dict) -> dict:
         records = [pickle.loads(blob) for blob in batch["record"]]
-        seed_for_batch(self.seed, records)
-        records = self.stage.process(records)
+        for stage in self.stages:
+            # The Ray batch is sized for the group's largest batch; each stage sees its own size.
+            done: list[VideoRecord] = []
+            for start in range(0, len(records), stage.batch_size):
+                chunk = records[start:start + stage.batch_size]
+                seed_for_batch(self.seed, chunk)
+                done.extend(stage.process(chunk))
+            records = done
         return {"record": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]}
 
 
-def start_ray(address: str | None, stages: list[Stage]) -> None:
+def start_ray(address: str | None, groups: list[list[Stage]], videos: int) -> None:
     import ray
 
     if ray.is_initialized():
@@ -71,9 +95,14 @@ def start_ray(address: str | None, stages: list[Stage]) -> None:
         return
     # Embedded Ray: logical CPUs are scheduling tokens; give every declared actor pool a slot so a
     # small machine runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
-    wanted = sum(s.resources.cpus * s.resources.concurrency for s in stages) + 1
+    wanted = sum(group[0].resources.cpus * pool_size(group, videos) for group in groups) + 1
     # Embedded Ray stays on loopback.
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), _node_ip_address="127.0.0.1", **quiet)
+
+
+def pool_size(group: list[Stage], videos: int) -> int:
+    """Actors for a group: its declared concurrency, but never more than there are videos to share."""
+    return max(1, min(group[0].resources.concurrency, videos))
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -104,7 +133,8 @@ def run_stages(
     items = [{"record": pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)} for r in records]
     if not items:
         return
-    start_ray(address, stages)
+    groups = worker_groups(stages)
+    start_ray(address, groups, len(items))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
@@ -115,15 +145,16 @@ def run_stages(
 
     # One video per block: videos are heavy and independent, so they spread over the pool at once.
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    for stage in stages:
+    for group in groups:
+        resources = group[0].resources
         dataset = dataset.map_batches(
             _StageWorker,
-            fn_constructor_args=(stage, seed),
-            batch_size=stage.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=stage.resources.concurrency),
-            num_cpus=stage.resources.cpus,
+            fn_constructor_args=(group, seed),
+            batch_size=max(stage.batch_size for stage in group),
+            compute=ray.data.ActorPoolStrategy(size=pool_size(group, len(items))),
+            num_cpus=resources.cpus,
             # CPU fallback: a stage that asks for a GPU runs on CPU where the cluster has none.
-            num_gpus=stage.resources.gpus if gpus_available else 0,
+            num_gpus=resources.gpus if gpus_available else 0,
             batch_format="numpy",
             zero_copy_batch=True,
         )

@@ -13,9 +13,8 @@ that pool per clip once the boundaries are known, so memory stays bounded for lo
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,6 +24,7 @@ import av
 import av.logging
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
 from cosmo_data.pipeline.record import (
@@ -231,8 +231,8 @@ class _VideoScan:
 class _ClipVideoEncoder:
     """A small, low-rate copy of the video encoded from frames of the same pass (x264, no audio).
 
-    The cosmo format's clip mp4s are cut from it, so making them never decodes the source again.
-    Timestamps are the source's, in milliseconds, so clip times cut it exactly.
+    The cosmo format's clip mp4s are cut from it (cut_clip_mp4s), so making them never decodes the
+    source again. Timestamps are the source's, in milliseconds, so clip times cut it exactly.
     """
 
     def __init__(self, path: Path, fps: float, config: BuildConfig):
@@ -253,24 +253,42 @@ class _ClipVideoEncoder:
             interpolation=SCALING, threads=1,
         )
         small.pts = round(t_s * 1000)
-        small.time_base = Fraction(1, 1000)
+        small.time_base = MILLISECOND
         self._container.mux(self._stream.encode(small))
 
     def _open_stream(self, frame: av.VideoFrame) -> av.VideoStream:
         height = min(self._max_height, frame.height)
         width = max(2, round(frame.width * height / frame.height / 2) * 2)  # x264's 4:2:0 wants even sizes
-        stream = self._container.add_stream("libx264", rate=Fraction(self._rate).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width, height - height % 2, "yuv420p"
-        stream.time_base = Fraction(1, 1000)
-        stream.codec_context.time_base = Fraction(1, 1000)
-        stream.options = {"preset": "ultrafast", "crf": "28"}
-        stream.codec_context.thread_count = 1  # small pictures; the decoder's threads keep the cores
+        stream = self._container.add_stream("libx264", rate=_clip_rate(self._rate))
+        _configure_clip_encoder(stream.codec_context, width, height - height % 2, self._rate)
         return stream
 
     def close(self) -> None:
         if self._stream is not None:
             self._container.mux(self._stream.encode(None))
         self._container.close()
+
+
+MILLISECOND = Fraction(1, 1000)
+# The small copy gets a keyframe at least this often: cutting a clip that starts between two
+# keyframes re-encodes at most this much of it; everything after its first keyframe is copied.
+CLIP_KEYFRAME_S = 2.0
+
+
+def _clip_rate(clip_fps: float) -> Fraction:
+    return Fraction(clip_fps).limit_denominator(1000)
+
+
+def _configure_clip_encoder(codec: av.VideoCodecContext, width: int, height: int, clip_fps: float) -> None:
+    """The one x264 set-up for the small copy and for re-encoded clip starts: identical settings give
+    identical stream headers, so both kinds of packets can follow each other in one clip."""
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = MILLISECOND
+    codec.framerate = _clip_rate(clip_fps)
+    codec.gop_size = max(1, round(clip_fps * CLIP_KEYFRAME_S))
+    # No B-frames (decode order is display order) and closed GOPs: every keyframe starts a clean cut.
+    codec.options = {"preset": "ultrafast", "crf": "28", "x264-params": "bframes=0:open-gop=0"}
+    codec.thread_count = 1  # small pictures; the source decoder's threads keep the cores
 
 
 @dataclass
@@ -460,42 +478,187 @@ def _no_frames_message(source: str, last_log: tuple | None, aliases: list[str]) 
 # Clip mp4s for the COSMO shard format ------------------------------------------------------------
 
 
-def cut_clip_mp4s(path: Path, clips: list[Clip], max_height: int) -> dict[int, bytes]:
-    """mp4 bytes per clip, from one ffmpeg run that re-encodes at most max_height tall.
+def cut_clip_mp4s(path: Path, clips: list[Clip], clip_fps: float) -> dict[int, bytes]:
+    """mp4 bytes per clip, cut from the small copy made in the decode pass, without re-encoding it.
 
-    Re-encoding rather than stream copy: a stream copy can only start at the source's keyframes
-    (often 2-10 s apart), so copied clips would begin in the wrong shot or need the previous GOP.
-    A low-resolution x264 ultrafast encode with keyframes forced at every clip start cuts exactly at
-    the boundaries, and at <= 360p it costs little next to the decode. The segment muxer writes all
-    clips in one pass instead of one ffmpeg process (and one input decode) per clip.
+    A clip holds the copy's frames in [start_s, end_s), timestamps starting at 0. Its packets are
+    copied from the first keyframe on; frames before that (a clip starts wherever the shot does, the
+    copy has a keyframe every CLIP_KEYFRAME_S) are decoded from their group of pictures and encoded
+    again with the copy's own settings, so the clip starts on a keyframe exactly at its first frame.
+    Clips without a frame of the copy (shorter than its frame interval) get no mp4. clip_fps is
+    the rate the copy was made at (video.clip_fps).
     """
     if not clips:
         return {}
-    last_end = max(c.end_s for c in clips)
-    edges = sorted({round(c.start_s, 3) for c in clips} | {round(c.end_s, 3) for c in clips})
-    cut_times = ",".join(f"{t:.3f}" for t in edges if 0 < t < last_end)
-    with tempfile.TemporaryDirectory(prefix="cosmo_clips_") as scratch:
-        listing = Path(scratch) / "segments.csv"
-        args = [
-            "ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y",
-            "-i", "file:" + str(path.resolve()),  # "file:" so no name reads as an option or a protocol
-            "-t", f"{last_end:.3f}", "-map", "0:v:0", "-map", "0:a:0?",
-            "-vf", f"scale=-2:'trunc(min({max_height},ih)/2)*2'",  # x264's 4:2:0 wants even sizes
-            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-b:a", "64k",
-            *(["-force_key_frames", cut_times, "-segment_times", cut_times] if cut_times else []),
-            "-f", "segment", "-reset_timestamps", "1", "-segment_list", str(listing), "-segment_list_type", "csv",
-            "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
-            os.path.join(scratch, "segment_%05d.mp4"),
-        ]
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode != 0:
-            message = result.stderr.strip().replace(str(path.resolve()), path.name).replace(scratch, "<clips>")
-            raise RuntimeError(f"ffmpeg could not cut clips: {message[-1000:]}")
-        # Each listed segment: file name, start and end time in the output timeline.
-        segments = [line.split(",") for line in listing.read_text().splitlines() if line]
-        clip_videos: dict[int, bytes] = {}
-        for clip in clips:
-            name, _, _ = min(segments, key=lambda seg: abs(float(seg[1]) - clip.start_s))
-            clip_videos[clip.clip_idx] = (Path(scratch) / name).read_bytes()
-        return clip_videos
+    with av.open(str(path)) as source, tempfile.TemporaryDirectory(prefix="cosmo_clips_") as scratch:
+        stream = source.streams.video[0]
+        cutter = _ClipCutter(stream, sorted(clips, key=lambda c: c.start_s), Path(scratch), clip_fps)
+        for gop in _groups_of_pictures(source.demux(stream)):
+            cutter.add(gop)
+        return cutter.finish()
+
+
+def _groups_of_pictures(packets: Iterator[av.Packet]) -> Iterator[list[av.Packet]]:
+    """Packets grouped from one keyframe to the next (the demuxer's flush packets dropped)."""
+    gop: list[av.Packet] = []
+    for packet in packets:
+        if packet.pts is None:
+            continue
+        if packet.is_keyframe and gop:
+            yield gop
+            gop = []
+        gop.append(packet)
+    if gop:
+        yield gop
+
+
+class _ClipOutput:
+    """One clip's mp4 being written; `encoder` is set while its frames are being re-encoded."""
+
+    def __init__(self, clip: Clip, path: Path, template: av.VideoStream):
+        self.clip = clip
+        self.path = path
+        self.container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
+        self.stream = self.container.add_stream_from_template(template)
+        self.first_ms: int | None = None
+        self.encoder: av.VideoCodecContext | None = None
+
+    def write(self, packets: list[av.Packet]) -> None:
+        """Copied packets (the copy's time base) and re-encoded ones (milliseconds), rebased to 0."""
+        for packet in packets:
+            t_ms = _packet_ms(packet)
+            if self.first_ms is None:
+                self.first_ms = t_ms
+            packet.pts = packet.dts = t_ms - self.first_ms  # no B-frames: decode order is display order
+            packet.time_base = MILLISECOND
+            packet.stream = self.stream
+            self.container.mux(packet)
+
+    def end_encoding(self, to_mp4: Callable[[list[av.Packet]], list[av.Packet]]) -> None:
+        if self.encoder is not None:
+            self.write(to_mp4(self.encoder.encode(None)))
+            self.encoder = None
+
+    def close(self, to_mp4: Callable[[list[av.Packet]], list[av.Packet]]) -> bytes | None:
+        self.end_encoding(to_mp4)
+        self.container.close()
+        return self.path.read_bytes() if self.first_ms is not None else None
+
+
+class _ClipCutter:
+    def __init__(self, stream: av.VideoStream, clips: list[Clip], scratch: Path, clip_fps: float):
+        self._template = stream
+        self._clips = clips
+        self._scratch = scratch
+        self._open: dict[int, _ClipOutput] = {}
+        self._done: dict[int, bytes] = {}
+        self._clip_fps = clip_fps  # x264 derives the headers' level and timing from it
+        # mp4 keeps H.264 headers (SPS, PPS) in the stream's avcC and length-prefixes each NAL unit;
+        # x264 writes start codes. Re-encoded starts can only precede copied packets if the encoder
+        # writes the same headers as the copy's; if not (another x264 build, say), whole clips are
+        # re-encoded.
+        self._length_size, copy_headers = _avcc_headers(stream.codec_context.extradata)
+        self._headers_match = _annexb_nal_units(self._new_encoder().extradata) == copy_headers
+
+    def add(self, gop: list[av.Packet]) -> None:
+        times = [_packet_ms(p) for p in gop]
+        self._close_clips_before(times[0])
+        decoded: dict[int, av.VideoFrame] | None = None
+        for clip in self._clips:
+            start_ms, end_ms = _clip_ms(clip)
+            inside = [p for p, t in zip(gop, times, strict=True) if start_ms <= t < end_ms]
+            if not inside:
+                continue
+            output = self._output(clip)
+            # From a keyframe on, packets are copied (unless this clip is re-encoded whole).
+            if inside[0] is gop[0] and (self._headers_match or output.encoder is None):
+                output.end_encoding(self._as_mp4)
+                output.write(inside)
+                continue
+            if decoded is None:
+                decoded = self._decode(gop)
+            if output.encoder is None:
+                output.encoder = self._new_encoder()
+            for packet in inside:
+                output.write(self._as_mp4(output.encoder.encode(decoded[packet.pts])))
+
+    def finish(self) -> dict[int, bytes]:
+        self._close_clips_before(None)
+        return self._done
+
+    def _output(self, clip: Clip) -> _ClipOutput:
+        if clip.clip_idx not in self._open:
+            path = self._scratch / f"clip_{clip.clip_idx:05d}.mp4"
+            self._open[clip.clip_idx] = _ClipOutput(clip, path, self._template)
+        return self._open[clip.clip_idx]
+
+    def _close_clips_before(self, t_ms: int | None) -> None:
+        for clip_idx, output in list(self._open.items()):
+            if t_ms is None or _clip_ms(output.clip)[1] <= t_ms:
+                mp4 = output.close(self._as_mp4)
+                if mp4 is not None:
+                    self._done[clip_idx] = mp4
+                del self._open[clip_idx]
+
+    def _decode(self, gop: list[av.Packet]) -> dict[int, av.VideoFrame]:
+        """The group's frames keyed by their packets' pts, timed in milliseconds for the encoder."""
+        decoder = av.CodecContext.create(self._template.codec_context.name, "r")
+        decoder.extradata = self._template.codec_context.extradata
+        frames: dict[int, av.VideoFrame] = {}
+        for packet in [*gop, None]:
+            for frame in decoder.decode(packet):
+                frames[frame.pts] = frame
+        for pts, frame in frames.items():
+            frame.pts = round(pts * self._template.time_base * 1000)
+            frame.time_base = MILLISECOND
+            frame.pict_type = PictureType.NONE  # the encoder decides where its keyframes go
+        return frames
+
+    def _as_mp4(self, packets: list[av.Packet]) -> list[av.Packet]:
+        """Encoder packets with their NAL units length-prefixed, as the copy's mp4 packets are."""
+        converted = []
+        for packet in packets:
+            units = _annexb_nal_units(bytes(packet))
+            mp4_packet = av.Packet(b"".join(len(u).to_bytes(self._length_size, "big") + u for u in units))
+            mp4_packet.pts, mp4_packet.time_base = packet.pts, packet.time_base
+            mp4_packet.is_keyframe = packet.is_keyframe
+            converted.append(mp4_packet)
+        return converted
+
+    def _new_encoder(self) -> av.VideoCodecContext:
+        encoder = av.CodecContext.create("libx264", "w")
+        codec = self._template.codec_context
+        _configure_clip_encoder(encoder, codec.width, codec.height, self._clip_fps)
+        encoder.flags |= av.codec.context.Flags.global_header  # the mp4 keeps the headers, as for the copy
+        encoder.open()
+        return encoder
+
+
+def _annexb_nal_units(data: bytes | None) -> list[bytes]:
+    """NAL units of an H.264 byte stream (start-code separated); trailing zero bytes belong to the
+    next start code. H.264's emulation prevention keeps 00 00 01 out of the units themselves."""
+    return [unit.rstrip(b"\0") for unit in (data or b"").split(b"\0\0\1") if unit.rstrip(b"\0")]
+
+
+def _avcc_headers(extradata: bytes | None) -> tuple[int, list[bytes]]:
+    """(NAL length size, [SPS..., PPS...]) from an mp4 avcC box payload (ISO/IEC 14496-15)."""
+    data = extradata or b""
+    if len(data) < 7 or data[0] != 1:
+        return 4, []
+    length_size = (data[4] & 3) + 1
+    units, at = [], 5
+    for count_mask in (0x1F, 0xFF):  # SPS count (low 5 bits), then PPS count
+        count, at = data[at] & count_mask, at + 1
+        for _ in range(count):
+            size = int.from_bytes(data[at:at + 2], "big")
+            units.append(data[at + 2:at + 2 + size])
+            at += 2 + size
+    return length_size, units
+
+
+def _packet_ms(packet: av.Packet) -> int:
+    return round(packet.pts * packet.time_base * 1000)
+
+
+def _clip_ms(clip: Clip) -> tuple[int, int]:
+    return round(clip.start_s * 1000), round(clip.end_s * 1000)

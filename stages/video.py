@@ -118,7 +118,7 @@ def decode_file(path: Path, record: VideoRecord, config: BuildConfig, work_dir: 
     decode_video(path, record, config, clip_video)
     if record.ok and record.clips and clip_video is not None:
         with timed(record, "clip_mp4"):
-            record.clip_videos = cut_clip_mp4s(clip_video, record.clips, config.video.clip_max_height)
+            record.clip_videos = cut_clip_mp4s(clip_video, record.clips, config.video.clip_fps)
     return record
 
 
