@@ -47,9 +47,10 @@ class ScenesConfig(_Strict):
     gradual_blend_tolerance: float = Field(0.3, gt=0)
     # Fades through black, PySceneDetect's ThresholdDetector on mean brightness.
     fade_threshold: float = Field(12.0, ge=0)
-    # Frames are decoded once; the detectors see them downscaled to this width at this rate.
+    # Frames are decoded once; the detectors see them downscaled to this width at this rate (every
+    # 3rd frame at 25 fps: as accurate as every 2nd on the generated dev sets, a third cheaper).
     detect_width: int = Field(128, ge=16)
-    detect_fps: float = Field(12.0, gt=0)
+    detect_fps: float = Field(8.0, gt=0)
     min_clip_s: float = Field(1.0, ge=0)
     max_clip_s: float = Field(30.0, gt=0)
 

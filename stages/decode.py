@@ -407,7 +407,8 @@ class _AudioCollector:
 
     def _append(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
-            self._pcm.extend(frame.to_ndarray().tobytes())
+            # Mono s16 is one packed plane; its buffer may be padded past the last sample.
+            self._pcm.extend(memoryview(frame.planes[0])[: frame.samples * 2])
 
 
 def _stream_fps(video: av.VideoStream) -> float:
