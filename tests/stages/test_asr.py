@@ -14,11 +14,17 @@ from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import ASR_FAILED, DECODE_FAILED, VideoRecord
 from cosmo_data.stages import models
 from cosmo_data.stages.asr import (
+    SAMPLE_RATE,
     AsrStage,
     AudioStream,
+    AudioWindow,
     DecodeSettings,
+    Piece,
+    cut_windows,
+    split_window_tokens,
     take_window,
-    transcribe_batch,
+    transcribe_sequential,
+    window_segments,
 )
 from cosmo_data.stages.models import TINY_WHISPER, load_whisper
 
@@ -60,9 +66,12 @@ def as_audio(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def test_speech_becomes_well_formed_segments(stage, speech_pcm):
-    [done] = stage.process([record("talk.mp4", speech_pcm)])
-    duration_s = len(speech_pcm) / 2 / 16000
+def repeated(pcm: bytes, seconds: float) -> bytes:
+    """The speech said again and again for at least `seconds`."""
+    return pcm * math.ceil(seconds * SAMPLE_RATE * 2 / len(pcm))
+
+
+def assert_well_formed(done: VideoRecord, duration_s: float) -> None:
     assert done.status == "ok", done.error
     assert done.transcript, "the first window always yields a segment"
     assert [s.seg_idx for s in done.transcript] == list(range(len(done.transcript)))
@@ -74,7 +83,74 @@ def test_speech_becomes_well_formed_segments(stage, speech_pcm):
     starts = [s.start_s for s in done.transcript]
     assert starts == sorted(starts)
     assert done.language in whisper.tokenizer.LANGUAGES
+
+
+@pytest.mark.parametrize("windows", ["batched", "sequential"])
+def test_speech_becomes_well_formed_segments(cache, speech_pcm, windows):
+    stage = AsrStage(BuildConfig.model_validate({"asr": {**FAST, "windows": windows}}))
+    stage.setup()
+    [done] = stage.process([record("talk.mp4", speech_pcm)])
+    assert_well_formed(done, len(speech_pcm) / 2 / SAMPLE_RATE)
     assert done.timings["asr"] > 0
+
+
+def test_long_speech_in_batched_windows(stage, speech_pcm):
+    pcm = repeated(speech_pcm, 70)  # three windows
+    [done] = stage.process([record("talk.mp4", pcm)])
+    assert_well_formed(done, len(pcm) / 2 / SAMPLE_RATE)
+    assert max(s.start_s for s in done.transcript) > 30.0
+
+
+def test_batched_windows_of_several_videos_decode_as_alone(stage, speech_pcm):
+    """Windows of different videos share passes without changing what each video gets (greedy decoding)."""
+
+    def summary(done: VideoRecord) -> tuple:
+        return done.language, [(round(s.start_s, 2), round(s.end_s, 2), s.text) for s in done.transcript]
+
+    pcms = [repeated(speech_pcm, 70), speech_pcm, repeated(speech_pcm, 40)]
+    together = stage.process([record(f"v{i}.mp4", pcm, i) for i, pcm in enumerate(pcms)])
+    alone = [stage.process([record(f"v{i}.mp4", pcm, i)])[0] for i, pcm in enumerate(pcms)]
+    assert [summary(done) for done in together] == [summary(done) for done in alone]
+    assert all(done.transcript for done in together)
+
+
+# Noise bursts and silent gaps, in seconds; the gaps are where cuts belong.
+GAPS_S = [(26.0, 28.0), (54.0, 54.5), (58.0, 120.0)]
+TOTAL_S = 125.0
+
+
+def noise_with_gaps() -> np.ndarray:
+    audio = np.random.default_rng(0).normal(0, 0.1, int(TOTAL_S * SAMPLE_RATE)).astype(np.float32)
+    for start_s, end_s in GAPS_S:
+        audio[int(start_s * SAMPLE_RATE) : int(end_s * SAMPLE_RATE)] = 0
+    return audio
+
+
+def test_windows_are_cut_in_silent_gaps_and_silence_is_skipped():
+    audio = noise_with_gaps()
+    windows = cut_windows(audio, silence_dbfs=-60.0)
+    gaps = [(round(a * SAMPLE_RATE), round(b * SAMPLE_RATE)) for a, b in GAPS_S]
+    for start, end in windows:
+        assert 0 < end - start <= 30 * SAMPLE_RATE
+        assert np.any(audio[start:end]), "a window of pure silence is never decoded"
+    # In order, no overlap, and whatever no window covers is silence.
+    edges = [0, *[edge for window in windows for edge in window], len(audio)]
+    assert edges == sorted(edges)
+    holes = list(zip(edges[::2], edges[1::2]))
+    assert all(not np.any(audio[start:end]) for start, end in holes)
+    assert max(end - start for start, end in holes) >= 25 * SAMPLE_RATE, "the long silence has no window"
+    # A window that has a gap in its last 5 s ends inside it (the audio's end is no cut).
+    for start, end in windows:
+        limit = start + 30 * SAMPLE_RATE
+        if end < len(audio) and any(a < limit and b > limit - 5 * SAMPLE_RATE for a, b in gaps):
+            assert any(a <= end < b for a, b in gaps), (start, end)
+    assert windows[0][0] == 0 and windows[-1][1] == len(audio)
+
+
+def test_silence_has_no_windows_and_short_audio_one():
+    assert cut_windows(np.zeros(45 * SAMPLE_RATE, dtype=np.float32), silence_dbfs=-60.0) == []
+    short = noise_with_gaps()[: 10 * SAMPLE_RATE]
+    assert cut_windows(short, silence_dbfs=-60.0) == [(0, len(short))]
 
 
 def test_batched_transcription_matches_whisper_transcribe(cache, speech_pcm):
@@ -93,7 +169,7 @@ def test_batched_transcription_matches_whisper_transcribe(cache, speech_pcm):
         no_speech_threshold=0.6,
         fp16=False,
     )
-    batched = transcribe_batch(model, [short, long], settings)
+    batched = transcribe_sequential(model, [short, long], settings)
     for audio, mine in zip([short, long], batched):
         reference = whisper.transcribe(
             model, audio, temperature=(0.0,), condition_on_previous_text=False, fp16=False, sample_len=8
@@ -126,25 +202,52 @@ def test_window_tokens_split_at_timestamp_pairs(tokenizer):
         return tokenizer.timestamp_begin + round(seconds / 0.02)
 
     hello, world = tokenizer.encode(" hello"), tokenizer.encode(" world")
+    finished = [ts(0), *hello, ts(1), ts(1), *world, ts(2.5)]
+    cut_off = [ts(0), *hello, ts(1.2), ts(1.2), *world]
+    no_pair = [ts(0.4), *hello, *world]
+    # The split both modes share: times from the window's start.
+    text = split_window_tokens(finished, tokenizer, 0.02, 30.0)
+    assert (text.pieces, text.open_from_s) == ([Piece(0.0, 1.0, "hello"), Piece(1.0, 2.5, "world")], None)
+    text = split_window_tokens(cut_off, tokenizer, 0.02, 30.0)
+    assert (text.pieces, text.open_from_s, text.open_text) == ([Piece(0.0, 1.2, "hello")], 1.2, "world")
+    text = split_window_tokens(no_pair, tokenizer, 0.02, 20.0)
+    assert (text.pieces, text.open_from_s) == ([Piece(0.0, 0.4, "hello world")], None)
     # Two complete segments, then a lone timestamp: the window is finished.
     stream = AudioStream(mel=None, content_frames=9000, language="en", seek=500)
-    take_window(stream, 3000, _result([ts(0), *hello, ts(1), ts(1), *world, ts(2.5)]), tokenizer, _settings(), 2)
+    take_window(stream, 3000, _result(finished), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(5.0, 6.0, "hello"), (6.0, 7.5, "world")]
     assert stream.seek == 3500
     # An unfinished segment after the last pair: decoding resumes at that pair's time.
     stream = AudioStream(mel=None, content_frames=9000, language="en", seek=0)
-    take_window(stream, 3000, _result([ts(0), *hello, ts(1.2), ts(1.2), *world]), tokenizer, _settings(), 2)
+    take_window(stream, 3000, _result(cut_off), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(0.0, 1.2, "hello")]
     assert stream.seek == 120
     # No pair: one segment up to the last timestamp, and the whole window is consumed.
     stream = AudioStream(mel=None, content_frames=9000, language="en", seek=3000)
-    take_window(stream, 2000, _result([ts(0.4), *hello, *world]), tokenizer, _settings(), 2)
+    take_window(stream, 2000, _result(no_pair), tokenizer, _settings(), 2)
     assert [(s.start_s, s.end_s, s.text) for s in stream.segments] == [(30.0, 30.4, "hello world")]
     assert stream.seek == 5000
     # Likely silence, decoded without confidence: skipped.
     stream = AudioStream(mel=None, content_frames=9000, language="en", seek=0)
     take_window(stream, 3000, _result([ts(0), *hello], -2.0, 0.9), tokenizer, _settings(), 2)
     assert stream.segments == [] and stream.seek == 3000
+
+
+def test_batched_window_keeps_cut_off_text_and_stays_inside(tokenizer):
+    def ts(seconds: float) -> int:
+        return tokenizer.timestamp_begin + round(seconds / 0.02)
+
+    def spans(window: AudioWindow, tokens: list[int]) -> list[tuple[float, float, str]]:
+        segments = window_segments(window, _result(tokens), tokenizer, 0.02)
+        return [(round(s.start_s, 3), round(s.end_s, 3), s.text) for s in segments]
+
+    hello, world = tokenizer.encode(" hello"), tokenizer.encode(" world")
+    # No re-seek: text after the last pair runs to the window's end, in audio time.
+    window = AudioWindow(0, 5 * SAMPLE_RATE, 25 * SAMPLE_RATE)
+    assert spans(window, [ts(0), *hello, ts(1.2), ts(1.2), *world]) == [(5.0, 6.2, "hello"), (6.2, 25.0, "world")]
+    # Timestamps past a short window's end are clamped to it; text wholly past it is dropped.
+    window = AudioWindow(0, 10 * SAMPLE_RATE, 12 * SAMPLE_RATE)
+    assert spans(window, [ts(0), *hello, ts(2.5), ts(3), *world, ts(4)]) == [(10.0, 12.0, "hello")]
 
 
 def test_no_audio_and_silence_skip_cleanly(stage, speech_pcm):
