@@ -3,12 +3,16 @@
 PyAV rather than decord: it demuxes and decodes audio and video in the same pass, gives per-frame
 control (so frames that no one needs are decoded but never converted), and is maintained.
 
-Every decoded frame is looked at once and dropped. Only two kinds are converted, both straight from
-the decoder's YUV into small images (never a full-size RGB copy, whatever the source resolution):
-every k-th frame to detect_width for the scene detectors (k = fps / detect_fps, a fixed frame stride
-so that motion between samples stays even), and a lower-rate stream of keyframe candidates to the
-keyframe size, kept as JPEG in a pool of at most keyframes.max_candidates. Keyframes are picked from
-that pool per clip once the boundaries are known, so memory stays bounded for long and 4K videos.
+Frames that no other frame refers to (most B-frames of a typical upload) are not even decoded while
+the frames left still come at detect_fps or faster; that is a third of the decoding work of a
+High-profile H.264 stream. Scene detection runs in a process beside the decoder (DetectorProcess).
+Every decoded frame is looked at once and dropped. Only two kinds are
+converted, both straight from the decoder's YUV into small images (never a full-size RGB copy,
+whatever the source resolution): frames at detect_fps to detect_width for the scene detectors, and a
+lower-rate stream of keyframe candidates to the keyframe size, kept as JPEG in a pool of at most
+keyframes.max_candidates. Rates are kept on a time grid (_RateSampler), so they hold for variable
+frame rates and skipped frames alike. Keyframes are picked from that pool per clip once the boundaries
+are known, so memory stays bounded for long and 4K videos.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from cosmo_data.pipeline.record import (
 )
 from cosmo_data.stages.scenes import (
     GRADUAL,
-    SceneBoundaryDetector,
+    DetectorProcess,
     clips_from_boundaries,
 )
 
@@ -130,37 +134,40 @@ def _scan(
         raise VideoFailure(TOO_LARGE, f"{source} is {coded.width}x{coded.height}; the limit is {limit} lines "
                                       "(video.max_decode_height)")
     video.thread_type = "AUTO"  # frame + slice threads, as ffmpeg itself decodes
+    if config.video.skip_unreferenced_frames:
+        coded.skip_frame = "NONREF"
     audio_stream = container.streams.audio[0] if container.streams.audio else None
     want_audio = audio_stream is not None and config.video.audio
     origin_s = container.start_time / av.time_base if container.start_time is not None else 0.0
     fps = _stream_fps(video)
 
-    scan = _VideoScan(config, fps, origin_s, _ClipVideoEncoder(clip_video, fps, config) if clip_video else None)
+    scan = _VideoScan(config, fps, origin_s, _ClipVideoEncoder(clip_video, config) if clip_video else None)
     audio = _AudioCollector(origin_s) if want_audio else None
     streams = [video, audio_stream] if want_audio else [video]
     error: str | None = None
     try:
-        for packet in container.demux(streams):
-            if packet.stream.type == "video":
-                for frame in packet.decode():
-                    scan.add(frame)
-            else:
-                audio.add_packet(packet)
-    except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
-        error = _describe(exc, aliases, source)
+        try:
+            for packet in container.demux(streams):
+                if packet.stream.type == "video":
+                    for frame in packet.decode():
+                        scan.add(frame, coded)
+                else:
+                    audio.add_packet(packet)
+        except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
+            error = _describe(exc, aliases, source)
+        if scan.frames_decoded == 0:
+            _, last = av.logging.get_last_error()  # (how many errors so far, (level, component, text) or None)
+            raise VideoFailure(DECODE_FAILED, error or _no_frames_message(source, last, aliases))
+        boundaries = scan.scenes.finish(scan.end_s)
     finally:
-        if scan.clip_video is not None:
-            scan.clip_video.close()
-    if scan.frames_decoded == 0:
-        _, last = av.logging.get_last_error()  # (how many errors so far, (level, component, text) or None)
-        raise VideoFailure(DECODE_FAILED, error or _no_frames_message(source, last, aliases))
+        scan.close()
 
     decoded_end_s = scan.end_s
     probed_s = _probe_duration(container, video, origin_s)
     # The header's duration, unless decoding says otherwise (a truncated file still claims it all).
     trust_probe = error is None and probed_s is not None and abs(probed_s - decoded_end_s) <= DURATION_SLACK_S
     duration_s = probed_s if trust_probe else decoded_end_s
-    clips = clips_from_boundaries(scan.scenes.finish(decoded_end_s), decoded_end_s, config.scenes.max_clip_s)
+    clips = clips_from_boundaries(boundaries, decoded_end_s, config.scenes.max_clip_s)
     frames = scan.candidates.pick(clips, config.scenes.gradual_window_s)
     width, height = scan.display_size
     return DecodedVideo(
@@ -181,17 +188,36 @@ def _scan(
     )
 
 
+class _RateSampler:
+    """Takes frames at about `fps` from decoded frames at any spacing: a frame is taken once it reaches
+    the next point of a 1/fps grid (at 25 fps and 8 fps: every 3rd frame, now and then the 4th), and
+    never within half a step of the last one taken, so the grid cannot crowd samples after a gap."""
+
+    def __init__(self, fps: float):
+        self.interval_s = 1.0 / fps
+        self._due_s: float | None = None
+
+    def take(self, t_s: float) -> bool:
+        # Timestamps are milliseconds or ticks: a microsecond of slack keeps grid points exact.
+        if self._due_s is not None and t_s < self._due_s - 1e-6:
+            return False
+        grid_s = t_s if self._due_s is None else self._due_s
+        self._due_s = max(grid_s + self.interval_s, t_s + self.interval_s / 2)
+        return True
+
+
 class _VideoScan:
-    """Looks at each decoded frame once: feeds every k-th to the detectors, keeps keyframe candidates."""
+    """Looks at each decoded frame once: feeds frames at detect_fps to the detectors, keeps keyframe
+    candidates, and turns the decoder's skipping of unreferenced frames off where it leaves too few."""
 
     def __init__(self, config: BuildConfig, fps: float, origin_s: float, clip_video: _ClipVideoEncoder | None):
         self.clip_video = clip_video
-        self.scenes = SceneBoundaryDetector(config.scenes)
-        self.candidates = _CandidatePool(config.keyframes, fps)
+        self.scenes = DetectorProcess(config.scenes)
+        self.candidates = _CandidatePool(config.keyframes)
         self._config = config
         self._origin_s = origin_s
         self._frame_s = 1.0 / fps
-        self._detect_stride = max(1, round(fps / config.scenes.detect_fps))
+        self._detect = _RateSampler(config.scenes.detect_fps)
         self._detect_reformatter = VideoReformatter()
         self.frames_decoded = 0
         self.frames_sampled = 0
@@ -200,25 +226,35 @@ class _VideoScan:
         self.display_size = (0, 0)
         self._last_t = -1.0
 
-    def add(self, frame: av.VideoFrame) -> None:
-        index = self.frames_decoded
+    def add(self, frame: av.VideoFrame, codec: av.VideoCodecContext) -> None:
+        first = self.frames_decoded == 0
         self.frames_decoded += 1
+        previous_s = self._last_t
         t_s = self._time(frame)
         self.end_s = max(self.end_s, t_s + self._frame_s)
-        if index == 0:
+        if first:
             self.rotation = round(frame.rotation or 0) % 360
             swap = self.rotation in (90, 270)
             self.display_size = (frame.height, frame.width) if swap else (frame.width, frame.height)
-        if index % self._detect_stride == 0:
+        elif codec.skip_frame != "DEFAULT" and t_s - previous_s > self._detect.interval_s + self._frame_s / 2:
+            # Without its unreferenced frames the stream is sparser than the detectors need (e.g.
+            # three B-frames between references): decode every frame from here on.
+            codec.skip_frame = "DEFAULT"
+        if self._detect.take(t_s):
             self.frames_sampled += 1
             width, height = _fit_width(frame.width, frame.height, self._config.scenes.detect_width)
             small = self._detect_reformatter.reformat(
                 frame, width=width, height=height, format="bgr24", interpolation=SCALING, threads=1
             ).to_ndarray()
             self.scenes.push(t_s, small)
-        self.candidates.offer(index, t_s, frame, self.rotation)
+        self.candidates.offer(t_s, frame, self.rotation)
         if self.clip_video is not None:
-            self.clip_video.offer(index, t_s, frame)
+            self.clip_video.offer(t_s, frame)
+
+    def close(self) -> None:
+        self.scenes.close()
+        if self.clip_video is not None:
+            self.clip_video.close()
 
     def _time(self, frame: av.VideoFrame) -> float:
         """Seconds from the container's start; frames without a timestamp follow the previous one."""
@@ -235,16 +271,16 @@ class _ClipVideoEncoder:
     source again. Timestamps are the source's, in milliseconds, so clip times cut it exactly.
     """
 
-    def __init__(self, path: Path, fps: float, config: BuildConfig):
-        self._stride = max(1, round(fps / config.video.clip_fps))
+    def __init__(self, path: Path, config: BuildConfig):
+        self._sampler = _RateSampler(config.video.clip_fps)
         self._max_height = config.video.clip_max_height
         self._rate = config.video.clip_fps
         self._container = av.open(str(path), "w", format="mp4")
         self._stream: av.VideoStream | None = None
         self._reformatter = VideoReformatter()
 
-    def offer(self, index: int, t_s: float, frame: av.VideoFrame) -> None:
-        if index % self._stride:
+    def offer(self, t_s: float, frame: av.VideoFrame) -> None:
+        if not self._sampler.take(t_s):
             return
         if self._stream is None:
             self._stream = self._open_stream(frame)
@@ -302,15 +338,15 @@ class _Candidate:
 class _CandidatePool:
     """Keyframe candidates as JPEG at keyframe size; bounded by dropping every other one when full."""
 
-    def __init__(self, config: KeyframesConfig, fps: float):
+    def __init__(self, config: KeyframesConfig):
         self.config = config
         self.pool: list[_Candidate] = []
         self.encoded = 0
-        self._stride = max(1, round(fps / config.candidate_fps))
+        self._sampler = _RateSampler(config.candidate_fps)
         self._reformatter = VideoReformatter()
 
-    def offer(self, index: int, t_s: float, frame: av.VideoFrame, rotation: int) -> None:
-        if index % self._stride:
+    def offer(self, t_s: float, frame: av.VideoFrame, rotation: int) -> None:
+        if not self._sampler.take(t_s):
             return
         width, height = _fit_longest(frame.width, frame.height, self.config.size)
         image = self._reformatter.reformat(
@@ -325,7 +361,7 @@ class _CandidatePool:
         self.pool.append(_Candidate(t_s, image.shape[1], image.shape[0], jpeg.tobytes()))
         if len(self.pool) > self.config.max_candidates:
             self.pool = self.pool[::2]
-            self._stride *= 2
+            self._sampler.interval_s *= 2
 
     def pick(self, clips: list[Clip], transition_s: float) -> list[Frame]:
         """per_clip frames per clip, evenly spaced away from the clip's edges, max_per_video in all."""

@@ -10,8 +10,12 @@ max_clip_s.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 import cv2
 import numpy as np
@@ -271,6 +275,72 @@ class SceneBoundaryDetector:
                 found.extend(tc.seconds for tc in detector.post_process(self._last))
         ranked = [(t, kind) for found, (_, kind) in zip(self._found, self._detectors, strict=True) for t in found]
         return thin_boundaries(ranked, duration_s, self._config.min_clip_s)
+
+
+class DetectorProcess:
+    """A SceneBoundaryDetector in a process of its own, fed through a pipe as frames come.
+
+    The detectors are Python work per frame. In the decoding process they would run between the
+    decoder's frames (a thread would not help: it would hold the GIL that each decoded frame needs),
+    so here they run beside it on another core. Same push()/finish() as SceneBoundaryDetector; close()
+    always. The process is forked before decoding starts, so it inherits no decoder threads.
+    """
+
+    def __init__(self, config: ScenesConfig):
+        context = multiprocessing.get_context("fork")
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(target=_detect_in_child, args=(config, child_end), daemon=True,
+                                        name="cosmo-scenes")
+        self._process.start()
+        child_end.close()
+
+    def push(self, t_s: float, frame_bgr: np.ndarray) -> None:
+        self._call(lambda: self._connection.send((t_s, frame_bgr)))
+
+    def finish(self, duration_s: float) -> list[tuple[float, str]]:
+        self._call(lambda: self._connection.send(float(duration_s)))
+        outcome, value = self._call(self._connection.recv)
+        if outcome == "error":
+            raise RuntimeError(f"scene detection failed: {value}")
+        return value
+
+    def close(self) -> None:
+        self._connection.close()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    def _call(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise RuntimeError(self._why_gone()) from None
+
+    def _why_gone(self) -> str:
+        """The child's own error if it sent one before it stopped listening, else how it ended."""
+        try:
+            if self._connection.poll():
+                outcome, value = self._connection.recv()
+                if outcome == "error":
+                    return f"scene detection failed: {value}"
+        except (EOFError, OSError):
+            pass
+        self._process.join(timeout=5)
+        return f"scene detection process died (exit code {self._process.exitcode})"
+
+
+def _detect_in_child(config: ScenesConfig, connection: Connection) -> None:
+    """Frames arrive as (t_s, image); a bare number is the duration and asks for the boundaries."""
+    detector = SceneBoundaryDetector(config)
+    try:
+        while not isinstance(message := connection.recv(), float):
+            detector.push(*message)
+        connection.send(("ok", detector.finish(message)))
+    except EOFError:  # the decoding process stopped early; nobody waits for an answer
+        return
+    except Exception as exc:  # errors are data: the decoding process raises them with this text
+        connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def thin_boundaries(

@@ -4,6 +4,7 @@ files, and the COSMO clip mp4s."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from cosmo_data.pipeline.samples import (
     make_sample_video,
     make_single_frame_video,
     make_vfr_video,
+    run_ffmpeg,
     score_boundaries,
     truncate_copy,
 )
@@ -157,22 +159,59 @@ def test_decoded_once(media, monkeypatch):
     decoded = decode_pass(media / "shots.mp4", BuildConfig(), SOURCE)
     assert len(opened) == 1
     assert decoded.frames_decoded == probe_frames(media / "shots.mp4") == 164
-    # Detection sees every 3rd frame (25 fps / 8 fps), keyframe candidates every 12th (2 per s);
-    # the other frames are decoded but never converted.
-    assert decoded.frames_sampled == 55
+    # Detection sees frames at 8 per s of the 6.56 s (every 3rd frame, now and then the 4th),
+    # keyframe candidates 2 per s; the other frames are decoded but never converted.
+    assert decoded.frames_sampled == 53
     assert decoded.candidates_encoded == 14
+
+
+def test_unreferenced_frames_are_not_decoded(tmp_path):
+    """High-profile H.264 as uploads have it (B-frames, some of them references): the decoder drops the
+    frames no other frame needs, and the scenes, keyframes and audio come out as from every frame."""
+    path = tmp_path / "uploaded.mp4"
+    truth = make_sample_video(path, segments=[3.0, 3.0, 3.0], transitions=[CUT, DISSOLVE], preset="medium",
+                              speech=["Cut the board."])
+    total = probe_frames(path)
+    skipping = decode_pass(path, BuildConfig(), SOURCE)
+    every = decode_pass(path, BuildConfig.model_validate({"video": {"skip_unreferenced_frames": False}}), SOURCE)
+    assert every.frames_decoded == total
+    assert skipping.frames_decoded < 0.75 * total
+    assert skipping.frames_sampled == pytest.approx(truth.duration_s * BuildConfig().scenes.detect_fps, abs=1)
+    for decoded in (skipping, every):
+        score = score_boundaries(truth.boundaries, [(c.start_s, c.boundary) for c in decoded.clips[1:]])
+        assert (score.true_positives, score.false_positives) == (2, 0)
+    assert [c.boundary for c in skipping.clips] == [c.boundary for c in every.clips]
+    assert len(skipping.frames) == len(every.clips)
+    assert skipping.audio_pcm == every.audio_pcm
+    assert skipping.duration_s == every.duration_s
+
+
+def test_sparse_references_turn_the_skipping_off(tmp_path):
+    """Three B-frames between references and none of them a reference: skipping would leave 6.25
+    frames per s, fewer than detection's 8, so from the first such gap on every frame is decoded."""
+    uploaded = tmp_path / "uploaded.mp4"
+    make_sample_video(uploaded, segments=[2.0, 2.0], transitions=[CUT], audio=False)
+    sparse = tmp_path / "sparse.mp4"
+    run_ffmpeg(["-i", str(uploaded), "-c:v", "libx264", "-x264-params", "bframes=3:b-adapt=0:b-pyramid=none",
+                "-pix_fmt", "yuv420p", str(sparse)])
+    decoded = decode_pass(sparse, BuildConfig(), SOURCE)
+    total = probe_frames(sparse)
+    # Gone: the B-frames before the first gap and those already in the decoder's threads then.
+    assert total - 8 <= decoded.frames_decoded < total
+    assert decoded.frames_sampled == pytest.approx(decoded.duration_s * BuildConfig().scenes.detect_fps, abs=1)
 
 
 def test_the_cosmo_clip_source_is_written_in_the_same_pass(media, tmp_path):
     small = tmp_path / "clips-source.mp4"
     decoded = decode_pass(media / "shots.mp4", BuildConfig(), SOURCE, clip_video=small)
     assert decoded.frames_decoded == 164  # still one decode of the source
+    clip_fps = BuildConfig().video.clip_fps
     with av.open(str(small)) as container:
         stream = container.streams.video[0]
         assert stream.height <= BuildConfig().video.clip_max_height and not container.streams.audio
-        stride = round(25 / BuildConfig().video.clip_fps)  # every 3rd frame of the 25 fps source
-        assert stream.frames == -(-decoded.frames_decoded // stride)
-        assert container.duration / av.time_base == pytest.approx(decoded.duration_s, abs=0.2)
+        assert stream.frames == math.ceil(decoded.frames_decoded / 25 * clip_fps)  # clip_fps of the 25 fps source
+        # To within one frame of the copy: its last frame lasts 1 / clip_fps.
+        assert container.duration / av.time_base == pytest.approx(decoded.duration_s, abs=1 / clip_fps)
 
 
 def test_no_video_stream(media):

@@ -20,6 +20,7 @@ from cosmo_data.pipeline.samples import (
 )
 from cosmo_data.stages.decode import decode_pass
 from cosmo_data.stages.scenes import (
+    DetectorProcess,
     GradualTransitionDetector,
     SceneBoundaryDetector,
     clips_from_boundaries,
@@ -116,6 +117,41 @@ def test_gradual_detection_can_be_switched_off():
     frames = video(dissolve(panning(1, 12), panning(2, -10), start_s=2.5))
     assert [kind for _, kind in run_boundaries(frames, ScenesConfig())] == ["gradual"]
     assert run_boundaries(frames, ScenesConfig(gradual=False)) == []
+
+
+def test_detector_process_finds_what_the_detector_finds():
+    frames = video(cut(dissolve(panning(1, 12), panning(2, -10), start_s=1.5), panning(9, 10), at_s=4.5))
+    config = ScenesConfig()
+    beside = DetectorProcess(config)
+    try:
+        for t, frame in frames:
+            beside.push(t, frame)
+        found = beside.finish(frames[-1][0] + 1 / FPS)
+    finally:
+        beside.close()
+    assert [kind for _, kind in found] == ["gradual", "cut"]
+    assert found == run_boundaries(frames, config)
+
+
+def test_detector_process_reports_the_detectors_error():
+    beside = DetectorProcess(ScenesConfig())
+    try:
+        with pytest.raises(RuntimeError, match="scene detection failed: .*Error"):
+            for step in range(50):  # the child stops reading at the bad frame; its error comes back
+                beside.push(step / FPS, np.zeros(7, np.uint8))
+            beside.finish(1.0)
+    finally:
+        beside.close()
+
+
+def test_detector_process_that_dies_is_named():
+    beside = DetectorProcess(ScenesConfig())
+    try:
+        beside._process.kill()
+        with pytest.raises(RuntimeError, match=r"scene detection process died \(exit code -9\)"):
+            beside.finish(1.0)
+    finally:
+        beside.close()
 
 
 def test_thin_boundaries_keeps_the_most_trusted_and_spaces_them():
