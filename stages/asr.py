@@ -18,13 +18,13 @@ from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import ASR_FAILED, Segment, VideoFailure, VideoRecord
 from cosmo_data.pipeline.stage import process_batched, resources_from
-from cosmo_data.stages.models import load_whisper, pick_device
+from cosmo_data.stages.models import load_whisper, no_grad, pick_device
 
-if TYPE_CHECKING:  # whisper is imported where it is used: importing it pulls in numba
+if TYPE_CHECKING:  # torch and whisper are imported where they are used (whisper pulls in numba)
+    import torch
     from whisper.decoding import DecodingResult
     from whisper.model import Whisper
     from whisper.tokenizer import Tokenizer
@@ -126,11 +126,12 @@ def cut_windows(audio: np.ndarray, silence_dbfs: float) -> list[tuple[int, int]]
     return windows
 
 
-@torch.no_grad()
+@no_grad
 def transcribe_batched(
     model: Whisper, audios: list[np.ndarray], settings: DecodeSettings, silence_dbfs: float, window_batch: int
 ) -> list[Transcription]:
     """Transcribe float32 16 kHz audios as independent windows, up to window_batch per pass."""
+    import torch
     import whisper
 
     dtype = _dtype(model, settings)
@@ -196,9 +197,10 @@ def window_segments(
     return segments
 
 
-@torch.no_grad()
+@no_grad
 def transcribe_sequential(model: Whisper, audios: list[np.ndarray], settings: DecodeSettings) -> list[Transcription]:
     """Transcribe float32 16 kHz audios together; segment times are as whisper reports them."""
+    import torch
     import whisper
 
     dtype = _dtype(model, settings)
@@ -227,10 +229,13 @@ def transcribe_sequential(model: Whisper, audios: list[np.ndarray], settings: De
 
 
 def _dtype(model: Whisper, settings: DecodeSettings) -> torch.dtype:
+    import torch
+
     return torch.float16 if settings.fp16 and model.device.type == "cuda" else torch.float32
 
 
 def _languages(model: Whisper, mels: list[torch.Tensor], language: str | None, dtype: torch.dtype) -> list[str]:
+    import torch
     import whisper
 
     if language is not None or not model.is_multilingual:
@@ -245,6 +250,7 @@ def _decode_with_fallback(
     model: Whisper, features: torch.Tensor, languages: list[str], settings: DecodeSettings, dtype: torch.dtype
 ) -> list[DecodingResult]:
     """Decode every window at the first temperature, then only the failing ones at the next."""
+    import torch
     import whisper
 
     results: list[DecodingResult] = [None] * len(languages)

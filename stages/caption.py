@@ -7,9 +7,8 @@ Two backends behind one small interface (caption(images) -> one string per image
 from __future__ import annotations
 
 import io
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
 from cosmo_data.pipeline.stage import process_batched, resources_from
@@ -18,9 +17,13 @@ from cosmo_data.stages.models import (
     OpenClipModel,
     load_hf_captioner,
     load_open_clip,
+    no_grad,
     pick_device,
 )
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
+    import torch
 
 
 class Captioner(Protocol):
@@ -45,8 +48,10 @@ class CocaCaptioner:
         # End-of-text is held back for the first tokens, as open_clip's CoCa.generate does.
         self.min_tokens = min_tokens
 
-    @torch.no_grad()
+    @no_grad
     def caption(self, images: list[Image.Image]) -> list[str]:
+        import torch
+
         model, device = self.loaded.model, self.loaded.device
         pixels = torch.stack([self.loaded.preprocess(image) for image in images]).to(device, self.loaded.dtype)
         encoded = model(pixels)  # without text, CoCa returns the image embeddings the decoder attends to
@@ -81,7 +86,7 @@ class HfCaptioner:
         self.prompt = prompt
         self.max_tokens = max_tokens
 
-    @torch.no_grad()
+    @no_grad
     def caption(self, images: list[Image.Image]) -> list[str]:
         prompts = [self.prompt] * len(images) if self.prompt else None
         inputs = self.processor(images=images, text=prompts, return_tensors="pt").to(self.model.device)

@@ -6,13 +6,17 @@ similarity of image i (record.frames[document.image_frames[i]]) and sentence j, 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, VideoRecord
 from cosmo_data.pipeline.stage import process_batched, resources_from
 from cosmo_data.stages.caption import open_frame
-from cosmo_data.stages.models import OpenClipModel, load_open_clip, pick_device
+from cosmo_data.stages.models import OpenClipModel, load_open_clip, no_grad, pick_device
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
+    import torch
 
 SIMILARITY_DECIMALS = 4
 
@@ -61,8 +65,10 @@ class ClipScoreStage:
             record.document.image_frames = indices
             record.document.similarity = similarity
 
-    @torch.no_grad()
+    @no_grad
     def _embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        import torch
+
         clip, per_forward = self.clip, self.config.resources.batch_size
         chunks = []
         for start in range(0, len(images), per_forward):
@@ -70,8 +76,10 @@ class ClipScoreStage:
             chunks.append(clip.model.encode_image(pixels.to(clip.device, clip.dtype)).float())
         return torch.nn.functional.normalize(torch.cat(chunks).cpu(), dim=-1)
 
-    @torch.no_grad()
+    @no_grad
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        import torch
+
         clip, per_forward = self.clip, self.config.resources.batch_size
         chunks = []
         for start in range(0, len(texts), per_forward):

@@ -11,6 +11,7 @@ are created once, deterministically, in the cache directory ($COSMO_DATA_CACHE, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -22,13 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from cosmo_data.pipeline.config import BuildConfig, StageResourcesConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
+    import torch
     from whisper.model import Whisper
+
+T = TypeVar("T")
 
 CACHE_ENV = "COSMO_DATA_CACHE"
 TINY_WHISPER = "tiny-random"
@@ -122,7 +125,23 @@ def tiny_dir(kind: str) -> Path:
     return cache_dir() / kind / f"tiny-{hashlib.sha1(spec.encode()).hexdigest()[:10]}"
 
 
+def no_grad(fn: Callable[..., T]) -> Callable[..., T]:
+    """torch.no_grad() around fn, with torch imported when fn runs, not when its module is imported:
+    the build's driver constructs the stages and must not pay seconds for a torch it never uses."""
+
+    @functools.wraps(fn)
+    def without_grad(*args: Any, **kwargs: Any) -> T:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return without_grad
+
+
 def pick_device(resources: StageResourcesConfig) -> str:
+    import torch
+
     return "cuda" if resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
@@ -133,6 +152,8 @@ def pick_device(resources: StageResourcesConfig) -> str:
 @contextmanager
 def _seeded() -> Iterator[None]:
     """Deterministic weights without disturbing the caller's random state."""
+    import torch
+
     with _creation_lock, torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         yield
@@ -164,6 +185,7 @@ def _create_once(target: Path, write: Callable[[Path], None]) -> Path:
 
 def tiny_whisper_checkpoint() -> Path:
     def write(path: Path) -> None:
+        import torch
         from whisper.model import ModelDimensions, Whisper
 
         dims = ModelDimensions(**TINY_WHISPER_DIMS)
@@ -195,6 +217,7 @@ def register_tiny_open_clip(name: str) -> None:
 def tiny_open_clip_checkpoint(name: str) -> Path:
     def write(path: Path) -> None:
         import open_clip
+        import torch
 
         with _seeded():
             model = open_clip.create_model(name, pretrained=None)
@@ -293,6 +316,7 @@ class OpenClipModel:
 def load_open_clip(model: str, pretrained: str | None, device: str, fp16: bool) -> OpenClipModel:
     """open_clip.create_model_and_transforms for a name + tag or checkpoint, or a tiny model."""
     import open_clip
+    import torch
 
     if model in TINY_OPEN_CLIP_CONFIGS:
         if pretrained is not None and not os.path.isfile(pretrained):
@@ -317,6 +341,7 @@ def load_open_clip(model: str, pretrained: str | None, device: str, fp16: bool) 
 
 def load_hf_captioner(model: str, device: str, fp16: bool) -> tuple[Any, torch.nn.Module]:
     """AutoProcessor + AutoModelForImageTextToText for a hub id, a local directory or TINY_BLIP."""
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     reference = str(tiny_blip_directory()) if model == TINY_BLIP else model

@@ -121,3 +121,18 @@ def test_resume_with_other_settings_is_refused(demo_corpus, demo_sources):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "holds a build of other sources or settings" in result.stderr
+
+
+def test_the_driver_builds_the_stages_without_torch():
+    """Only the workers load models: constructing the stages in the driver (before Ray starts) must
+    not pay for importing torch, whisper or open_clip."""
+    probe = (
+        "import sys\n"
+        "from cosmo_data.cli import TINY_CONFIG\n"
+        "from cosmo_data.pipeline.build import make_stages\n"
+        "from cosmo_data.pipeline.config import load_config\n"
+        "stages = make_stages(load_config(TINY_CONFIG))\n"
+        "print(len(stages), sorted(m for m in ('torch', 'whisper', 'open_clip') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["6", "[]"]
