@@ -6,13 +6,14 @@ control (so frames that no one needs are decoded but never converted), and is ma
 Frames that no other frame refers to (most B-frames of a typical upload) are not even decoded while
 the frames left still come at detect_fps or faster; that is a third of the decoding work of a
 High-profile H.264 stream. Scene detection runs in a process beside the decoder (DetectorProcess).
-Every decoded frame is looked at once and dropped. Only two kinds are
-converted, both straight from the decoder's YUV into small images (never a full-size RGB copy,
-whatever the source resolution): frames at detect_fps to detect_width for the scene detectors, and a
-lower-rate stream of keyframe candidates to the keyframe size, kept as JPEG in a pool of at most
-keyframes.max_candidates. Rates are kept on a time grid (_RateSampler), so they hold for variable
-frame rates and skipped frames alike. Keyframes are picked from that pool per clip once the boundaries
-are known, so memory stays bounded for long and 4K videos.
+
+Every decoded frame is looked at once and dropped. Only two kinds are converted, both straight from
+the decoder's YUV into small images (never a full-size RGB copy, whatever the source resolution):
+frames at detect_fps to detect_width for the scene detectors, and a lower-rate stream of keyframe
+candidates to the keyframe size, kept as JPEG in a pool of at most keyframes.max_candidates. Rates are
+kept on a time grid (_RateSampler), so they hold for variable frame rates and skipped frames alike.
+Keyframes are picked from that pool per clip once the boundaries are known, so memory stays bounded
+for long and 4K videos.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ SCALING = "AREA"
 EDGE_MARGIN_S = 0.1
 # Up to this height the decoder gets a deeper frame-thread pipeline. Taller frames take long enough
 # to decode that Python's share hides behind them, and each frame in flight costs memory (4K: peak
-# RSS 255 MB with ffmpeg's count of threads, 344 MB with twice as many).
+# RSS 253 MB with ffmpeg's count of threads, 344 MB with twice as many).
 DEEP_PIPELINE_MAX_HEIGHT = 1080
 # ffmpeg's own limit for automatic frame threads.
 MAX_DECODER_THREADS = 16
@@ -152,7 +153,8 @@ def _scan(
     origin_s = container.start_time / av.time_base if container.start_time is not None else 0.0
     fps = _stream_fps(video)
 
-    scan = _VideoScan(config, fps, origin_s, _ClipVideoEncoder(clip_video, config) if clip_video else None)
+    clip_encoder = _ClipVideoEncoder(clip_video, config) if clip_video else None
+    scan = _VideoScan(config, coded, fps, origin_s, clip_encoder)
     audio = _AudioCollector(origin_s) if want_audio else None
     streams = [video, audio_stream] if want_audio else [video]
     error: str | None = None
@@ -161,7 +163,7 @@ def _scan(
             for packet in container.demux(streams):
                 if packet.stream.type == "video":
                     for frame in packet.decode():
-                        scan.add(frame, coded)
+                        scan.add(frame)
                 else:
                     audio.add_packet(packet)
         except av.FFmpegError as exc:  # truncated or corrupt: keep what decoded before the damage
@@ -221,8 +223,16 @@ class _VideoScan:
     """Looks at each decoded frame once: feeds frames at detect_fps to the detectors, keeps keyframe
     candidates, and turns the decoder's skipping of unreferenced frames off where it leaves too few."""
 
-    def __init__(self, config: BuildConfig, fps: float, origin_s: float, clip_video: _ClipVideoEncoder | None):
+    def __init__(
+        self,
+        config: BuildConfig,
+        codec: av.VideoCodecContext,
+        fps: float,
+        origin_s: float,
+        clip_video: _ClipVideoEncoder | None,
+    ):
         self.clip_video = clip_video
+        self._codec = codec
         self.scenes = DetectorProcess(config.scenes)
         self.candidates = _CandidatePool(config.keyframes)
         self._config = config
@@ -237,7 +247,7 @@ class _VideoScan:
         self.display_size = (0, 0)
         self._last_t = -1.0
 
-    def add(self, frame: av.VideoFrame, codec: av.VideoCodecContext) -> None:
+    def add(self, frame: av.VideoFrame) -> None:
         first = self.frames_decoded == 0
         self.frames_decoded += 1
         previous_s = self._last_t
@@ -247,10 +257,10 @@ class _VideoScan:
             self.rotation = round(frame.rotation or 0) % 360
             swap = self.rotation in (90, 270)
             self.display_size = (frame.height, frame.width) if swap else (frame.width, frame.height)
-        elif codec.skip_frame != "DEFAULT" and t_s - previous_s > self._detect.interval_s + self._frame_s / 2:
+        elif self._codec.skip_frame != "DEFAULT" and t_s - previous_s > self._detect.interval_s + self._frame_s / 2:
             # Without its unreferenced frames the stream is sparser than the detectors need (e.g.
             # three B-frames between references): decode every frame from here on.
-            codec.skip_frame = "DEFAULT"
+            self._codec.skip_frame = "DEFAULT"
         if self._detect.take(t_s):
             self.frames_sampled += 1
             width, height = _fit_width(frame.width, frame.height, self._config.scenes.detect_width)
