@@ -19,7 +19,9 @@ for long and 4K videos.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -290,6 +292,10 @@ class _ClipVideoEncoder:
 
     The cosmo format's clip mp4s are cut from it (cut_clip_mp4s), so making them never decodes the
     source again. Timestamps are the source's, in milliseconds, so clip times cut it exactly.
+
+    Scaling, encoding and muxing run on a thread of their own: swscale, x264 and the muxer release the
+    GIL, so the copy is made while the decoding loop goes on (in the loop they were a quarter of its
+    time). The queue is short, so only a few decoded frames are held at once.
     """
 
     def __init__(self, path: Path, config: BuildConfig):
@@ -299,10 +305,38 @@ class _ClipVideoEncoder:
         self._container = av.open(str(path), "w", format="mp4")
         self._stream: av.VideoStream | None = None
         self._reformatter = VideoReformatter()
+        self._frames: queue.Queue[tuple[float, av.VideoFrame] | None] = queue.Queue(maxsize=CLIP_QUEUE_FRAMES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._encode_all, name="cosmo-clip-copy", daemon=True)
+        self._thread.start()
 
     def offer(self, t_s: float, frame: av.VideoFrame) -> None:
         if not self._sampler.take(t_s):
             return
+        if self._error is not None:
+            raise self._error
+        self._frames.put((t_s, frame))
+
+    def close(self) -> None:
+        self._frames.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _encode_all(self) -> None:
+        try:
+            while (item := self._frames.get()) is not None:
+                self._encode(*item)
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+        except BaseException as exc:  # raised in the decoding thread, at its next offer or at close
+            self._error = exc
+            while self._frames.get() is not None:  # keep taking frames so the decoding thread never blocks
+                pass
+        finally:
+            self._container.close()
+
+    def _encode(self, t_s: float, frame: av.VideoFrame) -> None:
         if self._stream is None:
             self._stream = self._open_stream(frame)
         small = self._reformatter.reformat(
@@ -320,12 +354,9 @@ class _ClipVideoEncoder:
         _configure_clip_encoder(stream.codec_context, width, height - height % 2, self._rate)
         return stream
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
 
-
+# Decoded frames waiting for the clip copy's thread: enough to ride out an x264 keyframe.
+CLIP_QUEUE_FRAMES = 8
 MILLISECOND = Fraction(1, 1000)
 # The small copy gets a keyframe at least this often: cutting a clip that starts between two
 # keyframes re-encodes at most this much of it; everything after its first keyframe is copied.
@@ -432,11 +463,16 @@ def _targets(clip: Clip, next_boundary: str, count: int, window_s: float) -> lis
 
 
 class _AudioCollector:
-    """Decodes the audio packets of the same demux pass into 16 kHz mono s16, aligned to time 0."""
+    """Decodes the audio packets of the same demux pass into 16 kHz mono s16, aligned to time 0.
+
+    Decoded frames (about 1000 samples each) gather in a FIFO and are resampled a few seconds at a
+    time: one resampler call per frame cost twice as much as decoding the audio.
+    """
 
     def __init__(self, origin_s: float):
         self._origin_s = origin_s
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        self._fifo = av.AudioFifo()
         self._pcm = bytearray()
         self._started = False
 
@@ -448,10 +484,15 @@ class _AudioCollector:
         for frame in frames:
             if not self._started:
                 self._align_start(frame)
-            self._append(self._resampler.resample(frame))
+            frame.pts = None  # the FIFO would refuse a gap in timestamps; samples simply follow on
+            self._fifo.write(frame)
+            if self._fifo.samples >= AUDIO_CHUNK_S * frame.sample_rate:
+                self._resample(self._fifo.read())
 
     def pcm(self) -> bytes:
-        self._append(self._resampler.resample(None))
+        if self._fifo.samples:
+            self._resample(self._fifo.read())
+        self._resample(None)
         return bytes(self._pcm)
 
     def _align_start(self, frame: av.AudioFrame) -> None:
@@ -462,10 +503,14 @@ class _AudioCollector:
             if lead_samples > 0:
                 self._pcm.extend(bytes(2 * lead_samples))
 
-    def _append(self, frames: list[av.AudioFrame]) -> None:
-        for frame in frames:
+    def _resample(self, frame: av.AudioFrame | None) -> None:
+        for resampled in self._resampler.resample(frame):
             # Mono s16 is one packed plane; its buffer may be padded past the last sample.
-            self._pcm.extend(memoryview(frame.planes[0])[: frame.samples * 2])
+            self._pcm.extend(memoryview(resampled.planes[0])[: resampled.samples * 2])
+
+
+# Decoded audio waits in the FIFO until there is this much of it (seconds).
+AUDIO_CHUNK_S = 5
 
 
 def _stream_fps(video: av.VideoStream) -> float:

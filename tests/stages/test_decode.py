@@ -34,7 +34,7 @@ from cosmo_data.pipeline.samples import (
     score_boundaries,
     truncate_copy,
 )
-from cosmo_data.stages.decode import cut_clip_mp4s, decode_pass, decode_video
+from cosmo_data.stages.decode import _ClipVideoEncoder, cut_clip_mp4s, decode_pass, decode_video
 
 SOURCE = "https://example.com/watch/video.mp4"
 
@@ -212,6 +212,20 @@ def test_the_cosmo_clip_source_is_written_in_the_same_pass(media, tmp_path):
         assert stream.frames == math.ceil(decoded.frames_decoded / 25 * clip_fps)  # clip_fps of the 25 fps source
         # To within one frame of the copy: its last frame lasts 1 / clip_fps.
         assert container.duration / av.time_base == pytest.approx(decoded.duration_s, abs=1 / clip_fps)
+
+
+def test_a_failure_of_the_clip_copy_thread_fails_the_pass_and_never_blocks_it(tmp_path):
+    """The small copy is encoded on a thread of its own: its error must come back to the decoding
+    loop, and frames offered after it must not wait on a queue nobody reads."""
+    encoder = _ClipVideoEncoder(tmp_path / "clips-source.mp4", BuildConfig())
+    offered = 0
+    with pytest.raises(AttributeError, match="height"):
+        for offered in range(1000):  # far more than the queue holds
+            encoder.offer(offered / BuildConfig().video.clip_fps, object())  # not a frame: scaling it fails
+        encoder.close()
+    assert offered < 999  # a later offer raised the thread's error
+    with pytest.raises(AttributeError, match="height"):
+        encoder.close()
 
 
 def test_no_video_stream(media):
