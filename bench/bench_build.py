@@ -1,14 +1,19 @@
-"""Whole `build` (configs/tiny.yaml, embedded Ray) of one 20-minute video vs PySceneDetect's detect() alone.
+"""Whole `cosmo-data build` (configs/tiny.yaml, embedded Ray) of one 20-minute video vs PySceneDetect's detect() alone.
 
-Both run in the same process run on the same cached file, detect() first; the JSON reports the ratio
-build / detect (wall seconds, Ray's start-up included) and where the build's time went per stage. Two
-encodings of the same footage (640x360, 25 fps, a shot every ~20 s, cuts and dissolves, speech):
+detect() runs in this process (its import excluded); each build is a fresh `cosmo-data build` process, so
+Ray starts cold every time. They alternate on the same cached file (detect() first), --repeats times:
+this machine is shared and one pair can be off by 15 % either way. The JSON reports each pair's ratio
+build / detect (wall seconds, Ray's start-up included), their median, and where the build's time went
+per stage. Each pair also times the build of a 2-second video: what a build costs whatever the video's
+length (Ray's start-up, loading the models, shutting down), so that build minus it is the cost that
+grows with the video. Two encodings of the same footage (640x360, 25 fps, a shot every ~20 s, cuts and dissolves, speech):
   upload     x264 veryfast: High profile, CABAC, B-frames, as uploads and YouTube's H.264 formats are
              (the same encoding bench_video.py uses); the issue's target is judged on this one
   baseline   x264 ultrafast: Constrained Baseline, no B-frames, so every frame is a reference frame
              and must be decoded - the worst case for our decoder, reported beside it
 
-Usage: python bench/bench_build.py --out bench/results/build.json [--minutes 20] [--encodings upload baseline]
+Usage: python bench/bench_build.py --out bench/results/build.json [--minutes 20] [--repeats 3]
+       [--encodings upload baseline]
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import argparse
 import json
 import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +33,10 @@ import duckdb
 from bench_video import cached_video, time_detect
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline import samples
-from cosmo_data.pipeline.build import build
-from cosmo_data.pipeline.config import load_config
 
 PRESETS = {"upload": "veryfast", "baseline": "ultrafast"}
+CLI = str(Path(sys.executable).with_name("cosmo-data"))
+TOP_LEVEL_STAGES = {"video", "asr", "caption", "document", "clip_score", "assign"}
 
 
 def long_video(minutes: float, encoding: str) -> Path:
@@ -40,18 +48,23 @@ def long_video(minutes: float, encoding: str) -> Path:
 
 
 def time_build(video: Path) -> tuple[float, dict]:
+    """`cosmo-data build` in a process of its own, as a user runs it: interpreter, imports, Ray's start."""
     work = Path(tempfile.mkdtemp(prefix="cosmo_bench_"))
     try:
         source = work / "sources.txt"
         source.write_text(f"{video}\n")
+        command = [CLI, "build", "--source", str(source), "--out", str(work / "out"), "--config", str(TINY_CONFIG)]
         started = time.perf_counter()
-        result = build([source], work / "out", load_config(TINY_CONFIG))
+        subprocess.run(command, check=True, capture_output=True)
         wall = time.perf_counter() - started
         [(status, timings)] = duckdb.sql(
             f"SELECT status, timings FROM read_parquet('{work / 'out' / 'videos'}/*.parquet')"
         ).fetchall()
         stages = {stage: round(seconds, 2) for stage, seconds in sorted(timings.items())}
-        return wall, {"ok": result.ok, "status": status, "stage_seconds": stages}
+        # "video" holds download, decode and clip_mp4; the rest of the wall time is the interpreter, the
+        # driver, Ray's and the actors' start-up, hand-offs between stages and writing.
+        in_stages = sum(seconds for stage, seconds in timings.items() if stage in TOP_LEVEL_STAGES)
+        return wall, {"status": status, "stage_seconds": stages, "outside_stages_s": round(wall - in_stages, 2)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -60,27 +73,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/build.json"))
     parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3, help="detect/build pairs per encoding")
     parser.add_argument("--encodings", nargs="+", choices=sorted(PRESETS), default=["upload", "baseline"])
     args = parser.parse_args()
     results = {}
+    # A build's cost that does not grow with the video: the interpreter, Ray's and the actors' start-up,
+    # the models' loading, writing and shutting down. Measured on a 2-second video beside each build.
+    short = cached_video("short_2s.mp4", segments=[2.0], transitions=[], size=(640, 360), fps=25,
+                         speech=["Step one."], speech_gap_s=0.5, preset="veryfast")
     for encoding in args.encodings:
         video = long_video(args.minutes, encoding)
         video.read_bytes()  # page cache warm for both alike
-        detect_s = time_detect(video)[0].wall
-        build_s, details = time_build(video)
+        pairs = []
+        for _ in range(args.repeats):
+            detect_s = time_detect(video)[0].wall
+            build_s, details = time_build(video)
+            fixed_s = time_build(short)[0]
+            pairs.append({
+                "pyscenedetect_detect_s": round(detect_s, 2),
+                "cosmo_build_s": round(build_s, 2),
+                "cosmo_build_of_2s_video_s": round(fixed_s, 2),
+                "ratio_build_over_detect": round(build_s / detect_s, 3),
+                "ratio_build_less_fixed_cost_over_detect": round((build_s - fixed_s) / detect_s, 3),
+                "build": details,
+            })
         results[encoding] = {
             "file": video.name,
             "x264_preset": PRESETS[encoding],
             "bytes": video.stat().st_size,
-            "seconds": {"pyscenedetect_detect": round(detect_s, 2), "cosmo_build": round(build_s, 2)},
-            "ratio_build_over_detect": round(build_s / detect_s, 3),
-            "meets_target": build_s <= detect_s,
-            "build": details,
+            "median_ratio_build_over_detect": statistics.median(p["ratio_build_over_detect"] for p in pairs),
+            "median_ratio_build_less_fixed_cost_over_detect": statistics.median(
+                p["ratio_build_less_fixed_cost_over_detect"] for p in pairs),
+            "pairs": pairs,
         }
+        results[encoding]["meets_target"] = results[encoding]["median_ratio_build_over_detect"] <= 1.0
     report = {
         "video": {"minutes": args.minutes, "size": "640x360", "fps": 25},
         "config": "configs/tiny.yaml",
-        "target": "cosmo_build <= pyscenedetect_detect on the upload encoding",
+        "target": "median build / detect <= 1 on the upload encoding",
         "encodings": results,
         "cpus": os.cpu_count(),
     }
