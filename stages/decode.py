@@ -355,8 +355,9 @@ class _ClipVideoEncoder:
         return stream
 
 
-# Decoded frames waiting for the clip copy's thread: enough to ride out an x264 keyframe.
-CLIP_QUEUE_FRAMES = 8
+# Decoded frames waiting for the clip copy's thread: enough to ride out an x264 keyframe. Each holds a
+# source-size picture (12 MB at 4K), so the queue stays short.
+CLIP_QUEUE_FRAMES = 4
 MILLISECOND = Fraction(1, 1000)
 # The small copy gets a keyframe at least this often: cutting a clip that starts between two
 # keyframes re-encodes at most this much of it; everything after its first keyframe is copied.
