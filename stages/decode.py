@@ -324,15 +324,22 @@ class _ClipVideoEncoder:
             raise self._error
 
     def _encode_all(self) -> None:
+        # Every frame is taken until close()'s None, also after an error, so offer() never blocks.
+        while (item := self._frames.get()) is not None:
+            if self._error is None:
+                self._record_failure(self._encode, *item)
+        self._record_failure(self._finish)
+
+    def _record_failure(self, step: Callable[..., None], *args: object) -> None:
         try:
-            while (item := self._frames.get()) is not None:
-                self._encode(*item)
-            if self._stream is not None:
-                self._container.mux(self._stream.encode(None))
+            step(*args)
         except BaseException as exc:  # raised in the decoding thread, at its next offer or at close
-            self._error = exc
-            while self._frames.get() is not None:  # keep taking frames so the decoding thread never blocks
-                pass
+            self._error = self._error or exc
+
+    def _finish(self) -> None:
+        try:
+            if self._error is None and self._stream is not None:
+                self._container.mux(self._stream.encode(None))
         finally:
             self._container.close()
 

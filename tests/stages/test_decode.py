@@ -228,6 +228,19 @@ def test_a_failure_of_the_clip_copy_thread_fails_the_pass_and_never_blocks_it(tm
         encoder.close()
 
 
+def test_a_failure_while_the_clip_copy_finishes_comes_back_from_close(tmp_path, monkeypatch):
+    """Flushing x264 and writing the mp4's index happen after close() has sent its last item: an error
+    there must still reach close(), not leave the thread waiting for frames that never come."""
+    encoder = _ClipVideoEncoder(tmp_path / "clips-source.mp4", BuildConfig())
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(encoder, "_finish", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        encoder.close()
+
+
 def test_no_video_stream(media):
     with pytest.raises(VideoFailure) as failure:
         decode(media / "tone.m4a")
