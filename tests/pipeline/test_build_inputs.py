@@ -3,7 +3,7 @@ one row, unusual-but-valid videos are ok, broken ones carry the real error text,
 
 from __future__ import annotations
 
-import os
+import random
 import shutil
 from pathlib import Path
 
@@ -26,7 +26,8 @@ def make_inputs(media: Path) -> dict[str, Path]:
     files["empty"] = media / "empty.mp4"
     files["empty"].write_bytes(b"")
     files["random"] = media / "random.mp4"
-    files["random"].write_bytes(os.urandom(50_000))
+    # Seeded: unseeded bytes now and then probe as a text subtitle file (no_video_stream, not a decode failure).
+    files["random"].write_bytes(random.Random(0).randbytes(50_000))
     files["html"] = media / "page.mp4"
     files["html"].write_text("<!DOCTYPE html><html><body>not a video</body></html>")
     files["truncated"] = samples.truncate_copy(files["good"], media / "truncated.mp4", 0.02)
