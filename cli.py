@@ -40,7 +40,7 @@ def build(
     source: Annotated[list[Path], typer.Option("--source", "-s", help="ids/URLs text file, CSV/Parquet, video file or folder; repeatable")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder (resumes a build already there)")] = Path("corpus"),
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="join a Ray cluster ('auto' or host:port)")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="join a Ray cluster ('auto' or host:port); without it the build starts a private Ray")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed recorded with the build")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")] = [],
 ) -> None:

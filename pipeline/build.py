@@ -7,12 +7,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.progress import Progress
-from cosmo_data.pipeline.ray_runner import check_ray_address, run_stages
+from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, run_stages, start_ray
 from cosmo_data.pipeline.record import INVALID_SOURCE, VideoRecord
 from cosmo_data.pipeline.sources import SourceRow, read_sources
 from cosmo_data.pipeline.stage import Stage
@@ -32,6 +32,7 @@ class BuildResult:
     groups_written: int = 0
     groups_resumed: int = 0
     wall_s: float = 0.0
+    ray: RayCluster | None = None  # None when every video was written before (resume) or failed early
 
 
 def make_stages(config: BuildConfig) -> list[Stage]:
@@ -142,9 +143,13 @@ def build(
                 to_process.append(record)
             else:
                 on_record(record)
+    cluster = None
     if to_process:
-        run_stages(to_process, stages_factory(config), address=config.ray_address, seed=config.seed,
-                   on_record=on_record)
+        stages = stages_factory(config)
+        cluster = start_ray(config.ray_address, stages, len(to_process))
+        for shortfall in cluster.shortfalls:
+            progress.warn(shortfall)
+        run_stages(to_process, stages, address=config.ray_address, seed=config.seed, on_record=on_record)
     if pending:
         missing = sum(1 for members in pending.values() for m in members.values() if m is None)
         raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")
@@ -157,6 +162,7 @@ def build(
         groups_written=written,
         groups_resumed=len(done),
         wall_s=time.perf_counter() - started,
+        ray=cluster,
     )
     for summary in summaries:
         for status, n in summary.failures.items():
@@ -165,7 +171,7 @@ def build(
         out / "build.json",
         {"sources": result.sources, "ok": result.ok, "failures": result.failures,
          "groups_written": written, "groups_resumed": len(done), "wall_s": round(result.wall_s, 3),
-         "formats": config.output.formats, "seed": config.seed},
+         "formats": config.output.formats, "seed": config.seed, "ray": asdict(cluster) if cluster else None},
     )
     progress.finish(result)
     return result

@@ -56,6 +56,13 @@ class Progress:
             f"{self.done / elapsed:.2f} videos/s  per worker: {stages}"
         )
 
+    def warn(self, text: str) -> None:
+        """A line of its own that the progress line does not overwrite."""
+        if self._tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(f"warning: {text}\n")
+        self.stream.flush()
+
     def finish(self, result: BuildResult) -> None:
         self._emit(self.line(), force=True)
         if self._tty:

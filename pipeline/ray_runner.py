@@ -17,6 +17,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from cosmo_data.pipeline.record import VideoRecord
 from cosmo_data.pipeline.stage import Stage
@@ -24,6 +25,10 @@ from cosmo_data.pipeline.stage import Stage
 
 class RayConnectionError(Exception):
     """The Ray cluster named by --ray-address cannot be reached."""
+
+
+# Ray's own console output is noise in a build, which shows its own progress.
+QUIET = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
 
 
 def seed_for_batch(seed: int, records: list[VideoRecord]) -> None:
@@ -79,25 +84,87 @@ class _StageWorker:
         return {"record": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]}
 
 
-def start_ray(address: str | None, groups: list[list[Stage]], videos: int) -> None:
+@dataclass
+class RayCluster:
+    """The Ray a build ran on, as build.json records it."""
+
+    address: str  # its GCS, host:port
+    embedded: bool  # started by this build, and gone with it
+    nodes: int
+    cpus: float
+    gpus: float
+    # Why some stage's worker cannot start on any node of the cluster as it is now: the build waits
+    # for a node that fits (an autoscaler may add one) instead of failing.
+    shortfalls: list[str] = field(default_factory=list)
+
+
+def start_ray(address: str | None, stages: list[Stage], videos: int) -> RayCluster:
+    """Join the cluster at `address`, or start a private Ray for this build; say what it holds."""
+    # Ray's C++ core logs harmless warnings (and retries) to the console; read when it starts.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
-    if ray.is_initialized():
-        return
-    # Ray's C++ core logs harmless warnings to the console; the build shows its own progress instead.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
-    if address:
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as exc:  # ray raises ConnectionError, ValueError or RuntimeError here
-            raise RayConnectionError(f"cannot reach Ray at {address}: {exc}") from exc
-        return
-    # Embedded Ray: logical CPUs are scheduling tokens; give every declared actor pool a slot so a
-    # small machine runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
+    groups = worker_groups(stages)
+    if not ray.is_initialized():
+        if address:
+            _join(address)
+        else:
+            _start_embedded(groups, videos)
+    return _describe(groups, embedded=not address)
+
+
+def _join(address: str) -> None:
+    import ray
+
+    try:
+        ray.init(address=address, **QUIET)
+    except Exception as exc:  # ray raises ConnectionError, ValueError or RuntimeError here
+        raise RayConnectionError(f"cannot reach Ray at {address}: {exc}{_token_hint(address)}") from exc
+
+
+def _token_hint(address: str) -> str:
+    # Ray turns token authentication on for clusters it starts, but sends the token only to an
+    # 'auto' address; for host:port it fails with a bare "Failed to connect" once the GCS answers.
+    if address == "auto" or address.startswith("ray://") or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return (" (if the cluster checks tokens, as `ray start` sets up by default, set RAY_AUTH_MODE=token, and "
+            "RAY_AUTH_TOKEN unless this machine holds the token in ~/.ray/auth_token)")
+
+
+def _start_embedded(groups: list[list[Stage]], videos: int) -> None:
+    import ray
+
+    # Logical CPUs are scheduling tokens; give every declared actor pool a slot so a small machine
+    # runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
     wanted = sum(group[0].resources.cpus * pool_size(group, videos) for group in groups) + 1
-    # Embedded Ray stays on loopback.
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), _node_ip_address="127.0.0.1", **quiet)
+    # address="local": a Ray of our own even when `ray start` runs one on this machine (a plain
+    # ray.init() would join that one, and refuses num_cpus there). Embedded Ray stays on loopback.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)),
+             _node_ip_address="127.0.0.1", **QUIET)
+
+
+def _describe(groups: list[list[Stage]], *, embedded: bool) -> RayCluster:
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    cluster = RayCluster(
+        address=ray.get_runtime_context().gcs_address,
+        embedded=embedded,
+        nodes=len(nodes),
+        cpus=sum(node.get("CPU", 0.0) for node in nodes),
+        gpus=sum(node.get("GPU", 0.0) for node in nodes),
+    )
+    for group in groups:
+        wanted = {"CPU": group[0].resources.cpus, "GPU": group[0].resources.gpus if cluster.gpus else 0.0}
+        for kind, amount in wanted.items():
+            largest = max((node.get(kind, 0.0) for node in nodes), default=0.0)
+            if amount > largest:
+                cluster.shortfalls.append(
+                    f"the {', '.join(stage.name for stage in group)} worker asks for {amount:g} {kind}s, "
+                    f"but no node of the Ray cluster at {cluster.address} has more than {largest:g}: the build "
+                    "waits until one joins (or lower their resources in the config)"
+                )
+    return cluster
 
 
 def pool_size(group: list[Stage], videos: int) -> int:
@@ -133,19 +200,17 @@ def run_stages(
     items = [{"record": pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)} for r in records]
     if not items:
         return
-    groups = worker_groups(stages)
-    start_ray(address, groups, len(items))
+    cluster = start_ray(address, stages, len(items))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Ray Data's advice about pool sizes and its own deprecations are noise in the build's console.
     warnings.filterwarnings("ignore", module=r"ray\.data")
-    gpus_available = ray.cluster_resources().get("GPU", 0) > 0
 
     # One video per block: videos are heavy and independent, so they spread over the pool at once.
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    for group in groups:
+    for group in worker_groups(stages):
         resources = group[0].resources
         dataset = dataset.map_batches(
             _StageWorker,
@@ -154,7 +219,7 @@ def run_stages(
             compute=ray.data.ActorPoolStrategy(size=pool_size(group, len(items))),
             num_cpus=resources.cpus,
             # CPU fallback: a stage that asks for a GPU runs on CPU where the cluster has none.
-            num_gpus=resources.gpus if gpus_available else 0,
+            num_gpus=resources.gpus if cluster.gpus else 0,
             batch_format="numpy",
             zero_copy_batch=True,
         )

@@ -42,7 +42,6 @@ from cosmo_data.pipeline.record import (
 )
 from cosmo_data.pipeline.stage import process_each, resources_from
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
 THUMBNAIL_SIZE = 16
 
@@ -54,6 +53,8 @@ def assign_mmc4(sim: np.ndarray) -> tuple[list[int], list[float]]:
         return [], []
     if sim.ndim != 2 or sim.shape[1] == 0:
         raise ValueError(f"cannot assign images with a similarity matrix of shape {list(sim.shape)}")
+    from scipy.optimize import linear_sum_assignment  # here: its import costs the driver 0.5 s
+
     n_images = sim.shape[0]
     image_rows, sentence_cols = linear_sum_assignment(-sim)
     matched = dict(zip(image_rows.tolist(), sentence_cols.tolist()))

@@ -1,8 +1,20 @@
+import json
 import os
 import random
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.ray_runner import (
     RayConnectionError,
     check_ray_address,
@@ -12,6 +24,7 @@ from cosmo_data.pipeline.ray_runner import (
     worker_groups,
 )
 from cosmo_data.pipeline.record import VideoRecord
+from cosmo_data.pipeline.samples import CUT, make_sample_video
 from cosmo_data.pipeline.stage import Resources
 
 
@@ -77,3 +90,111 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
 def test_no_more_workers_than_videos():
     stage = NotingStage("video", 1, Resources(concurrency=8))
     assert [pool_size([stage], videos) for videos in (1, 3, 100)] == [1, 3, 8]
+
+
+# A cluster as `ray start` makes one, which a build joins with --ray-address. Ray turns token
+# authentication on for it by default, as on a real cluster.
+RAY = str(Path(sys.executable).with_name("ray"))
+CLI = str(Path(sys.executable).with_name("cosmo-data"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Cluster(NamedTuple):
+    address: str  # host:port of its GCS
+    tmpdir: str  # RAY_TMPDIR that finds it, as /tmp finds a `ray start` on a workstation
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Cluster]:
+    """A 4-CPU Ray head started with `ray start --block` in its own process group, stopped afterwards."""
+    port = free_port()
+    tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir / 'ray'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmpdir / "ray" / "ray_current_cluster").exists():
+            assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
+            time.sleep(0.5)
+        yield Cluster(f"127.0.0.1:{port}", str(tmpdir))
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def build_on(env: dict[str, str | None], out: Path, video: Path, *extra: str) -> subprocess.Popen:
+    """`cosmo-data build` of one video with these environment variables set (None: unset)."""
+    sources = out.parent / f"{out.name}.txt"
+    sources.write_text(f"{video}\n")
+    environment = {k: v for k, v in (os.environ | env).items() if v is not None}
+    return subprocess.Popen([CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG),
+                             *extra], env=environment, text=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "short.mp4"
+    make_sample_video(path, segments=[1.0, 1.0], transitions=[CUT], size=(160, 120))
+    return path
+
+
+@pytest.mark.slow
+def test_a_build_joins_a_running_cluster_by_address_or_by_ray_address(ray_cluster, short_video, tmp_path):
+    joined = {}
+    address = ray_cluster.address
+    for how, env, extra in [("flag", {}, ["--ray-address", address]), ("env", {"RAY_ADDRESS": address}, [])]:
+        build = build_on({"RAY_AUTH_MODE": "token"} | env, tmp_path / how, short_video, *extra)
+        _, stderr = build.communicate(timeout=300)
+        assert build.returncode == 0, stderr
+        summary = json.loads((tmp_path / how / "build.json").read_text())
+        assert summary["ok"] == 1
+        joined[how] = summary["ray"]
+    port = address.rpartition(":")[2]
+    for ray_used in joined.values():
+        assert not ray_used["embedded"] and ray_used["address"].endswith(f":{port}") and ray_used["cpus"] == 4
+
+
+@pytest.mark.slow
+def test_without_token_mode_the_error_says_how_to_pass_the_token(ray_cluster, short_video, tmp_path):
+    build = build_on({"RAY_AUTH_MODE": None}, tmp_path / "out", short_video, "--ray-address", ray_cluster.address)
+    _, stderr = build.communicate(timeout=300)
+    assert build.returncode == 2
+    [error] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert f"cannot reach Ray at {ray_cluster.address}" in error and "RAY_AUTH_MODE=token" in error
+
+
+@pytest.mark.slow
+def test_default_build_starts_its_own_ray_beside_a_running_one(ray_cluster, short_video, tmp_path):
+    # Ray's plain init() finds the running cluster through RAY_TMPDIR and would join it (refusing the
+    # CPUs the build asks for).
+    build = build_on({"RAY_ADDRESS": None, "RAY_TMPDIR": ray_cluster.tmpdir}, tmp_path / "out", short_video)
+    _, stderr = build.communicate(timeout=300)
+    assert build.returncode == 0, stderr
+    ray_used = json.loads((tmp_path / "out" / "build.json").read_text())["ray"]
+    assert ray_used["embedded"] and not ray_used["address"].endswith(ray_cluster.address.rpartition(":")[2])
+
+
+@pytest.mark.slow
+def test_a_worker_no_node_can_hold_is_named_while_the_build_waits(ray_cluster, short_video, tmp_path):
+    build = build_on({"RAY_AUTH_MODE": "token"}, tmp_path / "out", short_video, "--ray-address", ray_cluster.address,
+                     "--set", "asr.resources.cpus=8")
+    give_up = threading.Timer(120, os.killpg, (build.pid, signal.SIGKILL))  # ends the read below if no warning
+    give_up.start()
+    try:
+        warning = next((line for line in build.stderr if line.startswith("warning:")), "")
+        assert build.poll() is None  # still waiting for a node with 8 CPUs
+    finally:
+        give_up.cancel()
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait()
+    assert "the asr worker asks for 8 CPUs" in warning and "has more than 4" in warning
