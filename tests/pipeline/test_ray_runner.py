@@ -106,53 +106,39 @@ def free_port() -> int:
 
 class Cluster(NamedTuple):
     address: str  # host:port of its GCS
-    dashboard: str  # where `ray job submit` sends jobs
     tmpdir: str  # RAY_TMPDIR that finds it, as /tmp finds a `ray start` on a workstation
-
-
-def accepts_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Cluster]:
-    """A 4-CPU Ray head with its dashboard (the job server), started with `ray start --block` in its own
-    process group, stopped afterwards."""
-    port, dashboard_port = free_port(), free_port()
+    """A 4-CPU Ray head started with `ray start --block` in its own process group, stopped afterwards."""
+    port = free_port()
     tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-         "--include-dashboard=true", f"--dashboard-port={dashboard_port}", "--disable-usage-stats",
-         f"--temp-dir={tmpdir / 'ray'}"],
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir / 'ray'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
-        while not ((tmpdir / "ray" / "ray_current_cluster").exists() and accepts_connections(dashboard_port)):
+        while not (tmpdir / "ray" / "ray_current_cluster").exists():
             assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
             time.sleep(0.5)
-        yield Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", str(tmpdir))
+        yield Cluster(f"127.0.0.1:{port}", str(tmpdir))
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def build_command(out: Path, video: Path, *extra: str) -> list[str]:
-    sources = out.parent / f"{out.name}.txt"
-    sources.write_text(f"{video}\n")
-    return [CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG), *extra]
-
-
 def build_on(env: dict[str, str | None], out: Path, video: Path, *extra: str) -> subprocess.Popen:
     """`cosmo-data build` of one video with these environment variables set (None: unset)."""
+    sources = out.parent / f"{out.name}.txt"
+    sources.write_text(f"{video}\n")
     environment = {k: v for k, v in (os.environ | env).items() if v is not None}
-    return subprocess.Popen(build_command(out, video, *extra), env=environment, text=True, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen([CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG),
+                             *extra], env=environment, text=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -176,17 +162,6 @@ def test_a_build_joins_a_running_cluster_by_address_or_by_ray_address(ray_cluste
     port = address.rpartition(":")[2]
     for ray_used in joined.values():
         assert not ray_used["embedded"] and ray_used["address"].endswith(f":{port}") and ray_used["cpus"] == 4
-
-
-@pytest.mark.slow
-def test_a_ray_job_builds_on_the_cluster_it_was_submitted_to(ray_cluster, short_video, tmp_path):
-    # No --ray-address: the job's driver gets RAY_ADDRESS from Ray's job supervisor.
-    submit = [RAY, "job", "submit", "--", *build_command(tmp_path / "out", short_video)]
-    env = os.environ | {"RAY_ADDRESS": ray_cluster.dashboard, "RAY_AUTH_MODE": "token"}
-    result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    ray_used = json.loads((tmp_path / "out" / "build.json").read_text())["ray"]
-    assert not ray_used["embedded"] and ray_used["address"].endswith(":" + ray_cluster.address.rpartition(":")[2])
 
 
 @pytest.mark.slow
