@@ -149,7 +149,7 @@ def build(
         cluster = start_ray(config.ray_address, stages, len(to_process))
         for shortfall in cluster.shortfalls:
             progress.warn(shortfall)
-        run_stages(to_process, stages, address=config.ray_address, seed=config.seed, on_record=on_record)
+        run_stages(to_process, stages, cluster, seed=config.seed, on_record=on_record)
     if pending:
         missing = sum(1 for members in pending.values() for m in members.values() if m is None)
         raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")

@@ -188,19 +188,18 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
 def run_stages(
     records: Iterable[VideoRecord],
     stages: list[Stage],
+    cluster: RayCluster,
     *,
-    address: str | None,
     seed: int = 0,
     on_record: Callable[[VideoRecord], None],
 ) -> None:
-    """Run records through the stages on Ray, calling on_record for each finished record as it arrives."""
-    import ray
+    """Run records through the stages on the Ray that start_ray() gave, calling on_record for each
+    finished record as it arrives."""
     import ray.data
 
     items = [{"record": pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)} for r in records]
     if not items:
         return
-    cluster = start_ray(address, stages, len(items))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False

@@ -21,6 +21,7 @@ from cosmo_data.pipeline.ray_runner import (
     pool_size,
     run_stages,
     seed_for_batch,
+    start_ray,
     worker_groups,
 )
 from cosmo_data.pipeline.record import VideoRecord
@@ -75,8 +76,8 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
     done: list[VideoRecord] = []
     started_here = not ray.is_initialized()  # a Ray started for these stages is too small for later builds
     try:
-        run_stages([VideoRecord(f"v{n}", f"v{n}", n) for n in range(8)], stages, address=None,
-                   on_record=done.append)
+        records = [VideoRecord(f"v{n}", f"v{n}", n) for n in range(8)]
+        run_stages(records, stages, start_ray(None, stages, len(records)), on_record=done.append)
     finally:
         if started_here:
             ray.shutdown()
@@ -181,7 +182,7 @@ def test_default_build_starts_its_own_ray_beside_a_running_one(ray_cluster, shor
     _, stderr = build.communicate(timeout=300)
     assert build.returncode == 0, stderr
     ray_used = json.loads((tmp_path / "out" / "build.json").read_text())["ray"]
-    assert ray_used["embedded"] and not ray_used["address"].endswith(ray_cluster.address.rpartition(":")[2])
+    assert ray_used["embedded"] and not ray_used["address"].endswith(":" + ray_cluster.address.rpartition(":")[2])
 
 
 @pytest.mark.slow
