@@ -137,10 +137,13 @@ def _start_embedded(groups: list[list[Stage]], videos: int) -> None:
     # Logical CPUs are scheduling tokens; give every declared actor pool a slot so a small machine
     # runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
     wanted = sum(group[0].resources.cpus * pool_size(group, videos) for group in groups) + 1
+    # Like any Ray, the embedded one listens on the machine's network address (Ray maps a loopback
+    # node IP to it), so the token authentication Ray turns on for clusters it starts is what keeps
+    # others out; its notice that it did so is noise on every build.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # address="local": a Ray of our own even when `ray start` runs one on this machine (a plain
-    # ray.init() would join that one, and refuses num_cpus there). Embedded Ray stays on loopback.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)),
-             _node_ip_address="127.0.0.1", **QUIET)
+    # ray.init() would join that one, and refuses num_cpus there).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), **QUIET)
 
 
 def _describe(groups: list[list[Stage]], *, embedded: bool) -> RayCluster:
