@@ -373,13 +373,15 @@ def pcm_to_audio(record: VideoRecord) -> np.ndarray:
         raise VideoFailure(
             ASR_FAILED, f"audio of {record.source} is not 16-bit PCM: {len(pcm)} bytes is an odd length"
         )
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    audio *= 1 / 32768.0  # in place: a 20-minute audio is 77 MB as float32
+    return audio
 
 
 def is_silent(audio: np.ndarray, threshold_dbfs: float) -> bool:
     if audio.size == 0:
         return True
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    rms = float(np.sqrt(np.dot(audio, audio) / audio.size))  # no squared copy of a long audio
     return 20 * np.log10(max(rms, 1e-10)) < threshold_dbfs
 
 
@@ -407,7 +409,14 @@ class AsrStage:
         self.model: Whisper | None = None
 
     def setup(self) -> None:
+        import whisper
+
         self.model = load_whisper(self.config.model, pick_device(self.config.resources))
+        # Whisper's tokenizer loads its vocabulary, and tiktoken compiles its special-token pattern,
+        # on first use (0.7 s on 2 cores): here, not after the first video's decode. Every language's
+        # tokenizer shares both.
+        tokenizer = whisper.tokenizer.get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages)
+        tokenizer.encode("")
 
     def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
         return process_batched(batch, self._transcribe, stage=self.name, failure_status=ASR_FAILED)
