@@ -29,6 +29,11 @@ class RayConnectionError(Exception):
 
 # Ray's own console output is noise in a build, which shows its own progress.
 QUIET = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
+# Ray Data keeps each input block's bookkeeping in the driver for the whole run, and schedules each
+# as one task: ~11 KB and ~10 ms apiece here. One video per block spreads videos over the pool at
+# once, but at HowTo100M's 1.2M videos it would hold 13 GB before the first result. Past this many
+# videos a block holds several (at 1.2M, 120: a tail of at most 120 videos on one worker).
+MAX_INPUT_BLOCKS = 10_000
 
 
 def seed_for_batch(seed: int, records: list[VideoRecord]) -> None:
@@ -210,8 +215,9 @@ def run_stages(
     # Ray Data's advice about pool sizes and its own deprecations are noise in the build's console.
     warnings.filterwarnings("ignore", module=r"ray\.data")
 
-    # One video per block: videos are heavy and independent, so they spread over the pool at once.
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    # One video per block (up to MAX_INPUT_BLOCKS): videos are heavy and independent, so they spread
+    # over the pool at once.
+    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_INPUT_BLOCKS))
     for group in worker_groups(stages):
         resources = group[0].resources
         dataset = dataset.map_batches(

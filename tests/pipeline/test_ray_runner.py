@@ -64,10 +64,13 @@ class NotingStage:
         return batch
 
 
-def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes():
+@pytest.mark.parametrize("max_input_blocks", [None, 3], ids=["a video per block", "several videos per block"])
+def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes(max_input_blocks, monkeypatch):
     import ray
     import ray.cloudpickle
 
+    if max_input_blocks:  # as a source of more than MAX_INPUT_BLOCKS videos is read
+        monkeypatch.setattr("cosmo_data.pipeline.ray_runner.MAX_INPUT_BLOCKS", max_input_blocks)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     shared = Resources(cpus=0.5)
     stages = [NotingStage("video", 1, Resources(cpus=0.5, concurrency=2)), NotingStage("asr", 2, shared),
@@ -82,6 +85,7 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
         if started_here:
             ray.shutdown()
     assert sorted(r.video_id for r in done) == [f"v{n}" for n in range(8)]
+    assert {r.counters["video_videos"] for r in done} == {1}
     assert len({r.counters["asr_pid"] for r in done}) == 1
     assert {r.counters["asr_pid"] for r in done} == {r.counters["caption_pid"] for r in done}
     assert {r.counters["video_pid"] for r in done}.isdisjoint({r.counters["asr_pid"] for r in done})
