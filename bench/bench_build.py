@@ -92,7 +92,7 @@ def running_ray(cpus: int) -> Iterator[str]:
         port = probe.getsockname()[1]
     tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+        [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

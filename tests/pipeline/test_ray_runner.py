@@ -120,7 +120,7 @@ def ray_cluster() -> Iterator[Cluster]:
     port = free_port()
     tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
+        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir / 'ray'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
