@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.progress import Progress
-from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, run_stages, start_ray
+from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, ray_for_build, run_stages
 from cosmo_data.pipeline.record import INVALID_SOURCE, VideoRecord
 from cosmo_data.pipeline.sources import SourceRow, read_sources
 from cosmo_data.pipeline.stage import Stage
@@ -146,10 +146,10 @@ def build(
     cluster = None
     if to_process:
         stages = stages_factory(config)
-        cluster = start_ray(config.ray_address, stages, len(to_process))
-        for shortfall in cluster.shortfalls:
-            progress.warn(shortfall)
-        run_stages(to_process, stages, cluster, seed=config.seed, on_record=on_record)
+        with ray_for_build(config.ray_address, stages, len(to_process)) as cluster:
+            for shortfall in cluster.shortfalls:
+                progress.warn(shortfall)
+            run_stages(to_process, stages, cluster, seed=config.seed, on_record=on_record)
     if pending:
         missing = sum(1 for members in pending.values() for m in members.values() if m is None)
         raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")

@@ -16,7 +16,8 @@ import pickle
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cosmo_data.pipeline.record import VideoRecord
@@ -94,7 +95,7 @@ class RayCluster:
     """The Ray a build ran on, as build.json records it."""
 
     address: str  # its GCS, host:port
-    embedded: bool  # started by this build, and gone with it
+    embedded: bool  # started by this build, and stopped when it ends
     nodes: int
     cpus: float
     gpus: float
@@ -103,19 +104,31 @@ class RayCluster:
     shortfalls: list[str] = field(default_factory=list)
 
 
-def start_ray(address: str | None, stages: list[Stage], videos: int) -> RayCluster:
-    """Join the cluster at `address`, or start a private Ray for this build; say what it holds."""
+@contextmanager
+def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iterator[RayCluster]:
+    """Join the cluster at `address`, or start a private Ray for this build; say what it holds.
+
+    On the way out a private Ray is stopped and a joined cluster left: the private one is sized for
+    this build's stages, and left to the interpreter's exit it would cost a later build in the same
+    process its fit, and every build half a second (Ray's exit hook first waits for log lines that a
+    build does not print). A Ray the caller had started already is the caller's, and stays.
+    """
     # Ray's C++ core logs harmless warnings (and retries) to the console; read when it starts.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
     groups = worker_groups(stages)
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         if address:
             _join(address)
         else:
             _start_embedded(groups, videos)
-    return _describe(groups, embedded=not address)
+    try:
+        yield _describe(groups, embedded=started_here and not address)
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def _join(address: str) -> None:
@@ -201,7 +214,7 @@ def run_stages(
     seed: int = 0,
     on_record: Callable[[VideoRecord], None],
 ) -> None:
-    """Run records through the stages on the Ray that start_ray() gave, calling on_record for each
+    """Run records through the stages on the Ray that ray_for_build() gave, calling on_record for each
     finished record as it arrives."""
     import ray.data
 

@@ -19,9 +19,9 @@ from cosmo_data.pipeline.ray_runner import (
     RayConnectionError,
     check_ray_address,
     pool_size,
+    ray_for_build,
     run_stages,
     seed_for_batch,
-    start_ray,
     worker_groups,
 )
 from cosmo_data.pipeline.record import VideoRecord
@@ -77,19 +77,30 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
               NotingStage("caption", 4, shared)]
     assert [[s.name for s in group] for group in worker_groups(stages)] == [["video"], ["asr", "caption"]]
     done: list[VideoRecord] = []
-    started_here = not ray.is_initialized()  # a Ray started for these stages is too small for later builds
-    try:
-        records = [VideoRecord(f"v{n}", f"v{n}", n) for n in range(8)]
-        run_stages(records, stages, start_ray(None, stages, len(records)), on_record=done.append)
-    finally:
-        if started_here:
-            ray.shutdown()
+    records = [VideoRecord(f"v{n}", f"v{n}", n) for n in range(8)]
+    assert not ray.is_initialized()
+    with ray_for_build(None, stages, len(records)) as cluster:
+        run_stages(records, stages, cluster, on_record=done.append)
+    assert not ray.is_initialized()  # the private Ray, sized for these stages, is gone with the build
     assert sorted(r.video_id for r in done) == [f"v{n}" for n in range(8)]
     assert {r.counters["video_videos"] for r in done} == {1}
     assert len({r.counters["asr_pid"] for r in done}) == 1
     assert {r.counters["asr_pid"] for r in done} == {r.counters["caption_pid"] for r in done}
     assert {r.counters["video_pid"] for r in done}.isdisjoint({r.counters["asr_pid"] for r in done})
     assert max(r.counters["asr_videos"] for r in done) <= 2 < max(r.counters["caption_videos"] for r in done) <= 4
+
+
+def test_a_ray_the_caller_started_outlives_the_build():
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        with ray_for_build(None, [NotingStage("video", 1, Resources())], videos=1) as cluster:
+            # The caller's Ray, not a private one sized for the stages
+            assert cluster.cpus == 1 and not cluster.embedded
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
 
 
 def test_no_more_workers_than_videos():
