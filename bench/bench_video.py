@@ -82,10 +82,10 @@ class Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds(self.who) - self.cpu
 
 
-def time_ffmpeg(video: Path) -> Timer:
+def time_ffmpeg(video: Path, *input_options: str) -> Timer:
     with Timer(resource.RUSAGE_CHILDREN) as timer:
-        subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-i", str(video), "-f", "null", "-"],
-                       check=True)
+        subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *input_options, "-i", str(video),
+                        "-f", "null", "-"], check=True)
     return timer
 
 
