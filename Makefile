@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_video.py --out bench/results/video.json
 	$(VENV)/bin/python bench/bench_models.py --out bench/results/models.json
 	$(VENV)/bin/python bench/bench_build.py --out bench/results/build.json
+	$(VENV)/bin/python bench/bench_scale.py --out bench/results/scale.json
 
 clean:
 	rm -rf demo-out bench/results .pytest_cache

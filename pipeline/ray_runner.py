@@ -230,14 +230,16 @@ def run_stages(
 
     # One video per block (up to MAX_INPUT_BLOCKS): videos are heavy and independent, so they spread
     # over the pool at once.
-    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_INPUT_BLOCKS))
+    videos = len(items)
+    dataset = ray.data.from_items(items, override_num_blocks=min(videos, MAX_INPUT_BLOCKS))
+    del items  # the blocks in Ray's object store hold them now (at 1.2M videos, ~0.9 GB less in the driver)
     for group in worker_groups(stages):
         resources = group[0].resources
         dataset = dataset.map_batches(
             _StageWorker,
             fn_constructor_args=(group, seed),
             batch_size=max(stage.batch_size for stage in group),
-            compute=ray.data.ActorPoolStrategy(size=pool_size(group, len(items))),
+            compute=ray.data.ActorPoolStrategy(size=pool_size(group, videos)),
             num_cpus=resources.cpus,
             # CPU fallback: a stage that asks for a GPU runs on CPU where the cluster has none.
             num_gpus=resources.gpus if cluster.gpus else 0,
