@@ -108,10 +108,9 @@ class RayCluster:
 def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iterator[RayCluster]:
     """Join the cluster at `address`, or start a private Ray for this build; say what it holds.
 
-    On the way out a private Ray is stopped and a joined cluster left: the private one is sized for
-    this build's stages, and left to the interpreter's exit it would cost a later build in the same
-    process its fit, and every build half a second (Ray's exit hook first waits for log lines that a
-    build does not print). A Ray the caller had started already is the caller's, and stays.
+    On the way out, a Ray started here is stopped (a joined cluster only disconnected): the private
+    one is sized for this build's stages, and left to the interpreter's exit Ray's hook would first
+    sleep 0.5 s. A Ray the caller had started already is the caller's, and is left running.
     """
     # Ray's C++ core logs harmless warnings (and retries) to the console; read when it starts.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
