@@ -9,10 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 import yaml
-from cosmo_data.pipeline.config import ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Build interleaved video-text pretraining corpora from raw videos.")
+from cosmo_data.schemas.config import ConfigError, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Build interleaved video-text pretraining corpora from raw videos.",
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TINY_CONFIG = PACKAGE_DIR / "configs" / "tiny.yaml"
@@ -37,12 +42,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 @app.command()
 def build(
-    source: Annotated[list[Path], typer.Option("--source", "-s", help="ids/URLs text file, CSV/Parquet, video file or folder; repeatable")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (resumes a build already there)")] = Path("corpus"),
+    source: Annotated[
+        list[Path],
+        typer.Option("--source", "-s", help="ids/URLs text file, CSV/Parquet, video file or folder; repeatable"),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (resumes a build already there)")] = Path(
+        "corpus"
+    ),
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="join a Ray cluster ('auto' or host:port); without it the build starts a private Ray")] = None,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="join a Ray cluster ('auto' or host:port); without it the build starts a private Ray",
+        ),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed recorded with the build")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")] = [],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")
+    ] = None,
 ) -> None:
     """Download, cut, transcribe, caption, score and interleave videos into a corpus under --out."""
     from cosmo_data.pipeline.build import BuildError
@@ -51,11 +70,11 @@ def build(
     from cosmo_data.pipeline.sources import SourceError
 
     try:
-        overrides = parse_overrides(set_) | {"ray_address": ray_address, "seed": seed}
+        overrides = parse_overrides(set_ or []) | {"ray_address": ray_address, "seed": seed}
         settings = load_config(config, overrides)
         result = run_build(source, out, settings)
     except (ConfigError, SourceError, BuildError, RayConnectionError) as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     failures = ", ".join(f"{k} {v}" for k, v in sorted(result.failures.items())) or "none"
     typer.echo(
         f"\nbuilt {result.ok}/{result.sources} videos in {result.wall_s:.1f}s "
@@ -73,14 +92,14 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Dataset statistics (DuckDB over the Parquet tables)."""
-    from cosmo_data.pipeline.query import QueryError
-    from cosmo_data.pipeline.stats import compute_stats, format_stats
+    from cosmo_data.corpus.query import QueryError
+    from cosmo_data.corpus.stats import compute_stats, format_stats
 
     _require_corpus(out)
     try:
         numbers = compute_stats(out)
     except QueryError as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
     typer.echo(json.dumps(numbers, indent=2, sort_keys=True) if as_json else format_stats(numbers))
 
 
@@ -91,15 +110,15 @@ def query(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
 ) -> None:
     """Run SQL over the corpus tables."""
-    from cosmo_data.pipeline.query import QueryError, run_query
+    from cosmo_data.corpus.query import QueryError, run_query
 
     _require_corpus(out)
     if fmt not in ("table", "csv", "json"):
-        raise fail(f"--format must be table, csv or json, not {fmt!r}")
+        raise fail(f"--format must be table, csv or json, not {fmt!r}") from None
     try:
         typer.echo(run_query(out, sql, fmt))
     except QueryError as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
 
 
 @app.command()
@@ -110,22 +129,22 @@ def preview(
     where: Annotated[Optional[str], typer.Option(help="SQL condition over videos, e.g. \"language = 'en'\"")] = None,
 ) -> None:
     """Write one self-contained HTML page showing documents with their keyframes inline."""
-    from cosmo_data.pipeline.preview import write_preview
-    from cosmo_data.pipeline.query import QueryError
+    from cosmo_data.corpus.preview import write_preview
+    from cosmo_data.corpus.query import QueryError
 
     _require_corpus(out)
     try:
         result = write_preview(out, html, n=n, where=where)
     except QueryError as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
     typer.echo(f"wrote {html} ({result})")
 
 
 @app.command()
 def validate(out: Annotated[Path, typer.Argument(help="a built corpus")]) -> None:
     """Check shards, sizes.json and tables against the schemas and each other."""
-    from cosmo_data.pipeline.validate import format_report
-    from cosmo_data.pipeline.validate import validate as run_validate
+    from cosmo_data.corpus.validate import format_report
+    from cosmo_data.corpus.validate import validate as run_validate
 
     _require_corpus(out)
     report = run_validate(out)
@@ -139,12 +158,12 @@ def models(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config naming the models")] = None,
 ) -> None:
     """Download the configured models' real weights ahead of time (for clusters without internet)."""
-    from cosmo_data.stages.models import ModelError, download_models
+    from cosmo_data.models import ModelError, download_models
 
     try:
         fetched = download_models(load_config(config))
     except (ConfigError, ModelError) as exc:
-        raise fail(str(exc), 1)
+        raise fail(str(exc), 1) from None
     for line in fetched:
         typer.echo(line)
 
@@ -154,9 +173,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where the demo corpus goes")] = Path("demo-out"),
 ) -> None:
     """Generate sample videos and build a corpus from them offline with tiny models, then print its stats."""
+    from cosmo_data.corpus.stats import compute_stats, format_stats
     from cosmo_data.pipeline.build import build as run_build
-    from cosmo_data.pipeline.samples import make_demo_videos
-    from cosmo_data.pipeline.stats import compute_stats, format_stats
+    from cosmo_data.pipeline.generated_media import make_demo_videos
 
     videos = make_demo_videos(out / "_samples")
     source = out / "_samples" / "sources.txt"
@@ -168,7 +187,7 @@ def demo(
 
 def _require_corpus(out: Path) -> None:
     if not (out / "videos").is_dir():
-        raise fail(f"{out} is not a built corpus (no videos/ table); run cosmo-data build first")
+        raise fail(f"{out} is not a built corpus (no videos/ table); run cosmo-data build first") from None
 
 
 def main() -> None:

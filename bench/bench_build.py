@@ -40,8 +40,9 @@ from pathlib import Path
 
 import duckdb
 from bench_video import cached_video, time_detect, time_ffmpeg
+
 from cosmo_data.cli import TINY_CONFIG
-from cosmo_data.pipeline import samples
+from cosmo_data.pipeline import generated_media as samples
 
 PRESETS = {"upload": "veryfast", "baseline": "ultrafast"}
 CLI = str(Path(sys.executable).with_name("cosmo-data"))
@@ -55,8 +56,16 @@ def long_video(minutes: float, encoding: str) -> Path:
     shots = max(2, int(minutes * 60 / 20))
     transitions = [samples.DISSOLVE if i % 3 == 2 else samples.CUT for i in range(shots - 1)]
     speech = [f"Step {i + 1}: keep going with the next part of the job." for i in range(0, shots, 2)]
-    return cached_video(f"long_{minutes:g}min_{encoding}.mp4", segments=[20.0] * shots, transitions=transitions,
-                        size=(640, 360), fps=25, speech=speech, speech_gap_s=30.0, preset=PRESETS[encoding])
+    return cached_video(
+        f"long_{minutes:g}min_{encoding}.mp4",
+        segments=[20.0] * shots,
+        transitions=transitions,
+        size=(640, 360),
+        fps=25,
+        speech=speech,
+        speech_gap_s=30.0,
+        preset=PRESETS[encoding],
+    )
 
 
 def time_build(video: Path, ray_address: str | None = None) -> tuple[float, dict]:
@@ -95,9 +104,20 @@ def running_ray(cpus: int) -> Iterator[str]:
         port = probe.getsockname()[1]
     tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--num-cpus={cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={tmpdir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         while not (tmpdir / "ray_current_cluster").exists():
@@ -118,14 +138,26 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3, help="detect/build pairs per encoding")
     parser.add_argument("--encodings", nargs="+", choices=sorted(PRESETS), default=["upload", "baseline"])
-    parser.add_argument("--running-ray-cpus", type=int, default=4,
-                        help="logical CPUs of the running Ray (4: what a build's own Ray gets for tiny.yaml's pools)")
+    parser.add_argument(
+        "--running-ray-cpus",
+        type=int,
+        default=4,
+        help="logical CPUs of the running Ray (4: what a build's own Ray gets for tiny.yaml's pools)",
+    )
     args = parser.parse_args()
     results = {}
     # A build's cost that does not grow with the video: the interpreter, Ray's and the actors' start-up,
     # the models' loading, writing and shutting down. Measured on a 2-second video beside each build.
-    short = cached_video("short_2s.mp4", segments=[2.0], transitions=[], size=(640, 360), fps=25,
-                         speech=["Step one."], speech_gap_s=0.5, preset="veryfast")
+    short = cached_video(
+        "short_2s.mp4",
+        segments=[2.0],
+        transitions=[],
+        size=(640, 360),
+        fps=25,
+        speech=["Step one."],
+        speech_gap_s=0.5,
+        preset="veryfast",
+    )
     for encoding in args.encodings:
         video = long_video(args.minutes, encoding)
         video.read_bytes()  # page cache warm for both alike
@@ -139,19 +171,21 @@ def main() -> None:
             # Started before and stopped after its build only, so it takes no CPU from the others.
             with running_ray(args.running_ray_cpus) as address:
                 warm_s, warm_details = time_build(video, address)
-            pairs.append({
-                "pyscenedetect_detect_s": round(detect_s, 2),
-                "cosmo_build_s": round(build_s, 2),
-                "cosmo_build_of_2s_video_s": round(fixed_s, 2),
-                "ratio_build_over_detect": round(build_s / detect_s, 3),
-                "ratio_build_less_fixed_cost_over_detect": round((build_s - fixed_s) / detect_s, 3),
-                "bare_ffmpeg_noref_decode_s": round(bare_decode_s, 2),
-                "ratio_bare_noref_decode_over_detect": round(bare_decode_s / detect_s, 3),
-                "cosmo_build_on_running_ray_s": round(warm_s, 2),
-                "ratio_build_on_running_ray_over_detect": round(warm_s / detect_s, 3),
-                "build": details,
-                "build_on_running_ray": warm_details,
-            })
+            pairs.append(
+                {
+                    "pyscenedetect_detect_s": round(detect_s, 2),
+                    "cosmo_build_s": round(build_s, 2),
+                    "cosmo_build_of_2s_video_s": round(fixed_s, 2),
+                    "ratio_build_over_detect": round(build_s / detect_s, 3),
+                    "ratio_build_less_fixed_cost_over_detect": round((build_s - fixed_s) / detect_s, 3),
+                    "bare_ffmpeg_noref_decode_s": round(bare_decode_s, 2),
+                    "ratio_bare_noref_decode_over_detect": round(bare_decode_s / detect_s, 3),
+                    "cosmo_build_on_running_ray_s": round(warm_s, 2),
+                    "ratio_build_on_running_ray_over_detect": round(warm_s / detect_s, 3),
+                    "build": details,
+                    "build_on_running_ray": warm_details,
+                }
+            )
         median = statistics.median(p["ratio_build_over_detect"] for p in pairs)
         results[encoding] = {
             "file": video.name,
@@ -159,12 +193,15 @@ def main() -> None:
             "bytes": video.stat().st_size,
             "median_ratio_build_over_detect": median,
             "median_ratio_build_less_fixed_cost_over_detect": statistics.median(
-                p["ratio_build_less_fixed_cost_over_detect"] for p in pairs),
+                p["ratio_build_less_fixed_cost_over_detect"] for p in pairs
+            ),
             "meets_target": median <= 1.0,
             "median_ratio_bare_noref_decode_over_detect": statistics.median(
-                p["ratio_bare_noref_decode_over_detect"] for p in pairs),
+                p["ratio_bare_noref_decode_over_detect"] for p in pairs
+            ),
             "median_ratio_build_on_running_ray_over_detect": statistics.median(
-                p["ratio_build_on_running_ray_over_detect"] for p in pairs),
+                p["ratio_build_on_running_ray_over_detect"] for p in pairs
+            ),
             "pairs": pairs,
         }
     report = {

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cosmo_data.stages.caption import CocaCaptioner
-from cosmo_data.stages.models import OpenClipModel
 from PIL import Image
+
+from cosmo_data.models import OpenClipModel
+from cosmo_data.stages.caption import CocaCaptioner
 
 # whisper "small" as published by openai/whisper (ModelDimensions of small.pt).
 WHISPER_SMALL_DIMS = {
@@ -139,9 +140,7 @@ def bench_whisper(device: str, s: dict) -> dict:
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(30 * 16000 * s["whisper_windows"]) * 0.1).astype(np.float32)
     mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels, device=device)
-    windows = torch.stack(
-        [mel[:, k * 3000 : (k + 1) * 3000] for k in range(s["whisper_windows"])]
-    ).to(dtype)
+    windows = torch.stack([mel[:, k * 3000 : (k + 1) * 3000] for k in range(s["whisper_windows"])]).to(dtype)
     options = whisper.DecodingOptions(
         language="en", temperature=0.0, sample_len=s["whisper_tokens"], fp16=dtype == torch.float16
     )
@@ -197,7 +196,9 @@ def main() -> None:
         results[name]["bench_wall_s"] = time.perf_counter() - started
         print(name, json.dumps(results[name], indent=1), flush=True)
     report = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
         "precision": "fp16" if device == "cuda" else "fp32",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

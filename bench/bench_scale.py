@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from cosmo_data.pipeline.build import build
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import DOWNLOAD_FAILED
-from cosmo_data.pipeline.stage import Resources
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import DOWNLOAD_FAILED
+from cosmo_data.stages.base import Resources
 
 HOWTO100M_VIDEOS = 1_238_911
 
@@ -89,16 +89,20 @@ def main() -> None:
         return
     runs = []
     for videos in args.videos:
-        done = subprocess.run([sys.executable, __file__, "--run", str(videos)], check=True, capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--run", str(videos)], check=True, capture_output=True, text=True
+        )
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     small, large = runs
-    per_1000 = (large["driver_peak_rss_mb"] - small["driver_peak_rss_mb"]) / ((large["videos"] - small["videos"]) / 1000)
+    per_1000 = (large["driver_peak_rss_mb"] - small["driver_peak_rss_mb"]) / (
+        (large["videos"] - small["videos"]) / 1000
+    )
     report = {
         "runs": runs,
         "driver_mb_per_1000_videos": round(per_1000, 2),
         "driver_peak_mb_projected_for_howto100m": round(
-            large["driver_peak_rss_mb"] + per_1000 * (HOWTO100M_VIDEOS - large["videos"]) / 1000),
+            large["driver_peak_rss_mb"] + per_1000 * (HOWTO100M_VIDEOS - large["videos"]) / 1000
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

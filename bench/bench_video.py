@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import av
-from cosmo_data.pipeline import samples
-from cosmo_data.pipeline.config import BuildConfig
+
+from cosmo_data.pipeline import generated_media as samples
+from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.stages.decode import cut_clip_mp4s, decode_pass
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -54,13 +55,27 @@ def hd_video() -> Path:
     segments = [3.0 + (i * 7 % 4) for i in range(36)]
     transitions = [pattern[i % len(pattern)] for i in range(len(segments) - 1)]
     speech = [f"Step {i + 1}. Hold the part steady and turn it slowly to the left." for i in range(20)]
-    return cached_video("hd_150s.mp4", segments=segments, transitions=transitions, size=(1280, 720), fps=25,
-                        speech=speech, speech_gap_s=2.5, preset="veryfast")
+    return cached_video(
+        "hd_150s.mp4",
+        segments=segments,
+        transitions=transitions,
+        size=(1280, 720),
+        fps=25,
+        speech=speech,
+        speech_gap_s=2.5,
+        preset="veryfast",
+    )
 
 
 def uhd_video() -> Path:
-    return cached_video("uhd_10s.mp4", segments=[3.5, 3.5, 3.5], transitions=[samples.CUT, samples.DISSOLVE],
-                        size=(3840, 2160), fps=25, audio=True)
+    return cached_video(
+        "uhd_10s.mp4",
+        segments=[3.5, 3.5, 3.5],
+        transitions=[samples.CUT, samples.DISSOLVE],
+        size=(3840, 2160),
+        fps=25,
+        audio=True,
+    )
 
 
 def cpu_seconds(who: tuple[int, ...]) -> float:
@@ -84,8 +99,10 @@ class Timer:
 
 def time_ffmpeg(video: Path, *input_options: str) -> Timer:
     with Timer(resource.RUSAGE_CHILDREN) as timer:
-        subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *input_options, "-i", str(video),
-                        "-f", "null", "-"], check=True)
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *input_options, "-i", str(video), "-f", "null", "-"],
+            check=True,
+        )
     return timer
 
 
@@ -127,8 +144,8 @@ def time_decode(video: Path) -> tuple[Timer, dict]:
 RSS_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import VideoRecord
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import VideoRecord
 from cosmo_data.stages.decode import decode_video
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 record = VideoRecord(video_id="uhd", source=sys.argv[1], source_index=0)
@@ -159,25 +176,43 @@ def main() -> None:
     truth = samples.GroundTruth.load(hd)
     ffmpeg_version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     report = {
-        "video": {"file": hd.name, "duration_s": truth.duration_s, "size": f"{truth.width}x{truth.height}",
-                  "fps": truth.fps, "boundaries": len(truth.boundaries), "bytes": hd.stat().st_size},
-        "seconds": {"ffmpeg_null_decode": round(ffmpeg.wall, 3), "scenedetect_detect": round(detect.wall, 3),
-                    "decode_video": round(ours.wall, 3)},
-        "cpu_seconds": {"ffmpeg_null_decode": round(ffmpeg.cpu, 3), "scenedetect_detect": round(detect.cpu, 3),
-                        "decode_video": round(ours.cpu, 3)},
-        "ratios": {"ours_over_ffmpeg": round(ours.wall / ffmpeg.wall, 3),
-                   "ours_over_detect": round(ours.wall / detect.wall, 3),
-                   "cpu_ours_over_ffmpeg": round(ours.cpu / ffmpeg.cpu, 3),
-                   "cpu_ours_over_detect": round(ours.cpu / detect.cpu, 3)},
+        "video": {
+            "file": hd.name,
+            "duration_s": truth.duration_s,
+            "size": f"{truth.width}x{truth.height}",
+            "fps": truth.fps,
+            "boundaries": len(truth.boundaries),
+            "bytes": hd.stat().st_size,
+        },
+        "seconds": {
+            "ffmpeg_null_decode": round(ffmpeg.wall, 3),
+            "scenedetect_detect": round(detect.wall, 3),
+            "decode_video": round(ours.wall, 3),
+        },
+        "cpu_seconds": {
+            "ffmpeg_null_decode": round(ffmpeg.cpu, 3),
+            "scenedetect_detect": round(detect.cpu, 3),
+            "decode_video": round(ours.cpu, 3),
+        },
+        "ratios": {
+            "ours_over_ffmpeg": round(ours.wall / ffmpeg.wall, 3),
+            "ours_over_detect": round(ours.wall / detect.wall, 3),
+            "cpu_ours_over_ffmpeg": round(ours.cpu / ffmpeg.cpu, 3),
+            "cpu_ours_over_detect": round(ours.cpu / detect.cpu, 3),
+        },
         "target_ours_over_ffmpeg": TARGET_RATIO,
         "meets_target": ours.wall / ffmpeg.wall <= TARGET_RATIO,
         "meets_target_in_cpu_seconds": ours.cpu / ffmpeg.cpu <= TARGET_RATIO,
         "ours": ours_summary,
         "detect_scenes": detect_scenes,
         "uhd": {"file": uhd.name, "size": "3840x2160", **uhd_peak_rss(uhd)},
-        "environment": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyav": av.__version__,
-                        "pyav_ffmpeg": av.ffmpeg_version_info,
-                        "ffmpeg": ffmpeg_version},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyav": av.__version__,
+            "pyav_ffmpeg": av.ffmpeg_version_info,
+            "ffmpeg": ffmpeg_version,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

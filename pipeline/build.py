@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cosmo_data.pipeline.config import BuildConfig
 from cosmo_data.pipeline.progress import Progress
 from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, ray_for_build, run_stages
-from cosmo_data.pipeline.record import INVALID_SOURCE, VideoRecord
 from cosmo_data.pipeline.sources import SourceRow, read_sources
-from cosmo_data.pipeline.stage import Stage
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import INVALID_SOURCE, VideoRecord
+from cosmo_data.stages.base import Stage
 
 
 class BuildError(Exception):
@@ -78,8 +78,12 @@ def _check_resume(out: Path, fingerprint: str, rows: list[SourceRow], config: Bu
         return
     atomic_write_json(
         run_file,
-        {"fingerprint": fingerprint, "sources": len(rows), "seed": config.seed,
-         "config": config.model_dump(mode="json")},
+        {
+            "fingerprint": fingerprint,
+            "sources": len(rows),
+            "seed": config.seed,
+            "config": config.model_dump(mode="json"),
+        },
     )
 
 
@@ -171,10 +175,17 @@ def build(
             result.failures[status] = result.failures.get(status, 0) + n
     atomic_write_json(
         out / "build.json",
-        {"sources": result.sources, "ok": result.ok, "failures": result.failures,
-         "groups_written": written, "groups_resumed": len(done), "wall_s": round(result.wall_s, 3),
-         "formats": config.output.formats, "seed": config.seed, "ray": asdict(cluster) if cluster else None},
+        {
+            "sources": result.sources,
+            "ok": result.ok,
+            "failures": result.failures,
+            "groups_written": written,
+            "groups_resumed": len(done),
+            "wall_s": round(result.wall_s, 3),
+            "formats": config.output.formats,
+            "seed": config.seed,
+            "ray": asdict(cluster) if cluster else None,
+        },
     )
-    progress.finish(result)
+    progress.finish()
     return result
-

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from cosmo_data.pipeline.record import VideoRecord
-
-if TYPE_CHECKING:
-    from cosmo_data.pipeline.build import BuildResult
+from cosmo_data.schemas.records import VideoRecord
 
 
 class Progress:
@@ -63,7 +60,7 @@ class Progress:
         self.stream.write(f"warning: {text}\n")
         self.stream.flush()
 
-    def finish(self, result: BuildResult) -> None:
+    def finish(self) -> None:
         self._emit(self.line(), force=True)
         if self._tty:
             self.stream.write("\n")

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cosmo_data.pipeline.record import VideoRecord
-from cosmo_data.pipeline.stage import Stage
+from cosmo_data.schemas.records import VideoRecord
+from cosmo_data.stages.base import Stage
 
 
 class RayConnectionError(Exception):
@@ -83,7 +83,7 @@ class _StageWorker:
             # The Ray batch is sized for the group's largest batch; each stage sees its own size.
             done: list[VideoRecord] = []
             for start in range(0, len(records), stage.batch_size):
-                chunk = records[start:start + stage.batch_size]
+                chunk = records[start : start + stage.batch_size]
                 seed_for_batch(self.seed, chunk)
                 done.extend(stage.process(chunk))
             records = done
@@ -144,8 +144,10 @@ def _token_hint(address: str) -> str:
     # 'auto' address; for host:port it fails with a bare "Failed to connect" once the GCS answers.
     if address == "auto" or address.startswith("ray://") or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
         return ""
-    return (" (if the cluster checks tokens, as `ray start` sets up by default, set RAY_AUTH_MODE=token, and "
-            "RAY_AUTH_TOKEN unless this machine holds the token in ~/.ray/auth_token)")
+    return (
+        " (if the cluster checks tokens, as `ray start` sets up by default, set RAY_AUTH_MODE=token, and "
+        "RAY_AUTH_TOKEN unless this machine holds the token in ~/.ray/auth_token)"
+    )
 
 
 def _start_embedded(groups: list[list[Stage]], videos: int) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
-from cosmo_data.pipeline.record import Clip, Sentence, VideoRecord
+
+from cosmo_data.schemas.records import Clip, Sentence, VideoRecord
 
 # COSMO's webdataset loader divides every clip time by video_speed=5 (its HowTo100M mp4s were sped up
 # 5x), so the cosmo mp4 is written 5x faster than real time and the clip times stay real seconds.
@@ -43,8 +44,15 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
             for c in record.clips
         ],
         "frames": [
-            {"image_name": f"{k}.jpg", "frame_idx": f.frame_idx, "clip_idx": f.clip_idx, "t_s": f.t_s,
-             "width": f.width, "height": f.height, "caption": f.caption}
+            {
+                "image_name": f"{k}.jpg",
+                "frame_idx": f.frame_idx,
+                "clip_idx": f.clip_idx,
+                "t_s": f.t_s,
+                "width": f.width,
+                "height": f.height,
+                "caption": f.caption,
+            }
             for k, f in enumerate(record.frames)
         ],
     }
@@ -52,8 +60,7 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
         meta.update(
             text_list=[s.text for s in document.sentences],
             sentences=[
-                {"text": s.text, "start_s": s.start_s, "end_s": s.end_s, "source": s.source}
-                for s in document.sentences
+                {"text": s.text, "start_s": s.start_s, "end_s": s.end_s, "source": s.source} for s in document.sentences
             ],
             image_info=record.image_info(),
             similarity_matrix=document.similarity,
@@ -168,10 +175,25 @@ def join_clips(videos: list[bytes], source: str) -> bytes:
             (folder / names[-1]).write_bytes(video)
         (folder / "clips.txt").write_text("".join(f"file '{name}'\n" for name in names))
         command = [
-            "ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-i", str(folder / "clips.txt"),
-            "-map", "0:v:0", "-c", "copy", "-an",
-            "-bsf:v", f"setts=pts=PTS/{speed}:dts=DTS/{speed}:duration=DURATION/{speed}",
-            "-movflags", "+faststart", str(folder / "joined.mp4"),
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-i",
+            str(folder / "clips.txt"),
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-an",
+            "-bsf:v",
+            f"setts=pts=PTS/{speed}:dts=DTS/{speed}:duration=DURATION/{speed}",
+            "-movflags",
+            "+faststart",
+            str(folder / "joined.mp4"),
         ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

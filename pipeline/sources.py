@@ -140,7 +140,9 @@ def _rows_from_table(path: Path) -> list[SourceRow]:
         raise SourceError(f"cannot read source table {path}: {exc}") from exc
     column = next((c for c in ("url", "video_id", "path") if c in frame.columns), None)
     if column is None:
-        raise SourceError(f"source table {path} needs a 'video_id', 'url' or 'path' column; it has {list(frame.columns)}")
+        raise SourceError(
+            f"source table {path} needs a 'video_id', 'url' or 'path' column; it has {list(frame.columns)}"
+        )
     rows = []
     for index, value in enumerate(frame[column].tolist()):
         if value is None or (isinstance(value, float) and value != value):

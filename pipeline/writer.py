@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cosmo_data import schemas
-from cosmo_data.pipeline.record import FILTERED, SHARD_FAILED, VideoRecord
+
 from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError
+from cosmo_data.schemas import tables as schemas
+from cosmo_data.schemas.records import FILTERED, SHARD_FAILED, VideoRecord
 
 STATE_DIR = "_state"
 TMP_PREFIX = ".tmp-"
@@ -86,19 +87,37 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
             continue
         for clip in record.clips:
             rows["clips"].append(
-                {"video_id": record.video_id, "clip_idx": clip.clip_idx, "start_s": clip.start_s,
-                 "end_s": clip.end_s, "boundary": clip.boundary}
+                {
+                    "video_id": record.video_id,
+                    "clip_idx": clip.clip_idx,
+                    "start_s": clip.start_s,
+                    "end_s": clip.end_s,
+                    "boundary": clip.boundary,
+                }
             )
         for frame in record.frames:
             rows["frames"].append(
-                {"video_id": record.video_id, "clip_idx": frame.clip_idx, "frame_idx": frame.frame_idx,
-                 "t_s": frame.t_s, "width": frame.width, "height": frame.height, "caption": frame.caption}
+                {
+                    "video_id": record.video_id,
+                    "clip_idx": frame.clip_idx,
+                    "frame_idx": frame.frame_idx,
+                    "t_s": frame.t_s,
+                    "width": frame.width,
+                    "height": frame.height,
+                    "caption": frame.caption,
+                }
             )
         for segment in record.transcript:
             rows["transcripts"].append(
-                {"video_id": record.video_id, "seg_idx": segment.seg_idx, "start_s": segment.start_s,
-                 "end_s": segment.end_s, "text": segment.text, "avg_logprob": segment.avg_logprob,
-                 "no_speech_prob": segment.no_speech_prob}
+                {
+                    "video_id": record.video_id,
+                    "seg_idx": segment.seg_idx,
+                    "start_s": segment.start_s,
+                    "end_s": segment.end_s,
+                    "text": segment.text,
+                    "avg_logprob": segment.avg_logprob,
+                    "no_speech_prob": segment.no_speech_prob,
+                }
             )
         document = record.document
         if document is not None:

@@ -18,10 +18,11 @@ from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 import numpy as np
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import ASR_FAILED, Segment, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import process_batched, resources_from
-from cosmo_data.stages.models import load_whisper, no_grad, pick_device
+
+from cosmo_data.models import load_whisper, no_grad, pick_device
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import ASR_FAILED, Segment, VideoFailure, VideoRecord
+from cosmo_data.stages.base import process_batched, resources_from
 
 if TYPE_CHECKING:  # torch and whisper are imported where they are used (whisper pulls in numba)
     import torch
@@ -176,9 +177,7 @@ def _window_mel(audio: np.ndarray, model: Whisper) -> torch.Tensor:
     return whisper.pad_or_trim(mel[:, : len(audio) // HOP_LENGTH], WINDOW_FRAMES)
 
 
-def window_segments(
-    window: AudioWindow, result: DecodingResult, tokenizer: Tokenizer, token_s: float
-) -> list[Segment]:
+def window_segments(window: AudioWindow, result: DecodingResult, tokenizer: Tokenizer, token_s: float) -> list[Segment]:
     """A batched window's segments in audio time; nothing re-seeks, so cut-off text runs to the window's end."""
     window_s = (window.end - window.start) / SAMPLE_RATE
     text = split_window_tokens(list(result.tokens), tokenizer, token_s, window_s)
@@ -370,9 +369,7 @@ def take_window(
 def pcm_to_audio(record: VideoRecord) -> np.ndarray:
     pcm = record.audio_pcm or b""
     if len(pcm) % 2:
-        raise VideoFailure(
-            ASR_FAILED, f"audio of {record.source} is not 16-bit PCM: {len(pcm)} bytes is an odd length"
-        )
+        raise VideoFailure(ASR_FAILED, f"audio of {record.source} is not 16-bit PCM: {len(pcm)} bytes is an odd length")
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
     audio *= 1 / 32768.0  # in place: a 20-minute audio is 77 MB as float32
     return audio
@@ -449,7 +446,13 @@ def to_segments(transcription: Transcription, duration_s: float) -> list[Segment
     inside = [raw for raw in transcription.segments if raw.start_s < duration_s]
     return [
         # Scores rounded: batched decoding differs in the last float bits with batch composition.
-        replace(raw, seg_idx=index, start_s=round(raw.start_s, 3), end_s=round(min(raw.end_s, duration_s), 3),
-                avg_logprob=round(raw.avg_logprob, 4), no_speech_prob=round(raw.no_speech_prob, 4))
+        replace(
+            raw,
+            seg_idx=index,
+            start_s=round(raw.start_s, 3),
+            end_s=round(min(raw.end_s, duration_s), 3),
+            avg_logprob=round(raw.avg_logprob, 4),
+            no_speech_prob=round(raw.no_speech_prob, 4),
+        )
         for index, raw in enumerate(inside)
     ]

@@ -32,16 +32,17 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from cosmo_data.pipeline.config import AssignConfig, BuildConfig
-from cosmo_data.pipeline.record import (
+from PIL import Image
+
+from cosmo_data.schemas.config import AssignConfig, BuildConfig
+from cosmo_data.schemas.records import (
     DOCUMENT_FAILED,
     FILTERED,
     Document,
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import process_each, resources_from
-from PIL import Image
+from cosmo_data.stages.base import process_each, resources_from
 
 THUMBNAIL_SIZE = 16
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Protocol
 
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
-from cosmo_data.pipeline.stage import process_batched, resources_from
-from cosmo_data.stages.models import (
+from PIL import Image
+
+from cosmo_data.models import (
     ModelError,
     OpenClipModel,
     load_hf_captioner,
@@ -20,7 +19,9 @@ from cosmo_data.stages.models import (
     no_grad,
     pick_device,
 )
-from PIL import Image
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import CAPTION_FAILED, Frame, VideoFailure, VideoRecord
+from cosmo_data.stages.base import process_batched, resources_from
 
 if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
     import torch

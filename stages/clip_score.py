@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import CLIP_SCORE_FAILED, VideoRecord
-from cosmo_data.pipeline.stage import process_batched, resources_from
-from cosmo_data.stages.caption import open_frame
-from cosmo_data.stages.models import OpenClipModel, load_open_clip, no_grad, pick_device
 from PIL import Image
+
+from cosmo_data.models import OpenClipModel, load_open_clip, no_grad, pick_device
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import CLIP_SCORE_FAILED, VideoRecord
+from cosmo_data.stages.base import process_batched, resources_from
+from cosmo_data.stages.caption import open_frame
 
 if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
     import torch
@@ -59,7 +60,9 @@ class ClipScoreStage:
             block = image_embeddings[image_at : image_at + n_images] @ text_embeddings[text_at : text_at + n_texts].T
             # Rounded: batched matmuls differ in the last float bits with batch composition, which
             # depends on scheduling; reruns must give the same matrix and so the same assignment.
-            similarities.append(block.clamp(-1.0, 1.0).mul(10**SIMILARITY_DECIMALS).round().div(10**SIMILARITY_DECIMALS).tolist())
+            similarities.append(
+                block.clamp(-1.0, 1.0).mul(10**SIMILARITY_DECIMALS).round().div(10**SIMILARITY_DECIMALS).tolist()
+            )
             image_at, text_at = image_at + n_images, text_at + n_texts
         for record, indices, similarity in zip(scored, image_frames, similarities):
             record.document.image_frames = indices
@@ -86,4 +89,3 @@ class ClipScoreStage:
             tokens = clip.tokenizer(texts[start : start + per_forward])
             chunks.append(clip.model.encode_text(tokens.to(clip.device)).float())
         return torch.nn.functional.normalize(torch.cat(chunks).cpu(), dim=-1)
-

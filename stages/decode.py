@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
-from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
-from cosmo_data.pipeline.record import (
+
+from cosmo_data.schemas.config import BuildConfig, KeyframesConfig
+from cosmo_data.schemas.records import (
     DECODE_FAILED,
     NO_VIDEO_STREAM,
     TOO_LARGE,
@@ -130,10 +131,13 @@ def _scan(
     # Cover art in an audio file is a one-picture "video" stream: not a video.
     videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not videos:
-        kinds = ", ".join(
-            f"{s.type} ({s.codec_context.name}{', cover art' if s in container.streams.video else ''})"
-            for s in container.streams
-        ) or "none"
+        kinds = (
+            ", ".join(
+                f"{s.type} ({s.codec_context.name}{', cover art' if s in container.streams.video else ''})"
+                for s in container.streams
+            )
+            or "none"
+        )
         raise VideoFailure(NO_VIDEO_STREAM, f"{source} has no video stream (streams: {kinds})")
     video = videos[0]
     coded = video.codec_context
@@ -141,8 +145,9 @@ def _scan(
     if coded.height and min(coded.width, coded.height) > limit:
         # A decoded picture is never converted at full size, but the decoder's own frame pool is:
         # refusing what is larger than the limit bounds a worker's memory.
-        raise VideoFailure(TOO_LARGE, f"{source} is {coded.width}x{coded.height}; the limit is {limit} lines "
-                                      "(video.max_decode_height)")
+        raise VideoFailure(
+            TOO_LARGE, f"{source} is {coded.width}x{coded.height}; the limit is {limit} lines (video.max_decode_height)"
+        )
     video.thread_type = "AUTO"  # frame + slice threads, as ffmpeg itself decodes
     if coded.height <= DEEP_PIPELINE_MAX_HEIGHT:
         # Twice ffmpeg's own count of frame threads (cores + 1): the deeper pipeline keeps decoding
@@ -347,8 +352,12 @@ class _ClipVideoEncoder:
         if self._stream is None:
             self._stream = self._open_stream(frame)
         small = self._reformatter.reformat(
-            frame, width=self._stream.width, height=self._stream.height, format="yuv420p",
-            interpolation=SCALING, threads=1,
+            frame,
+            width=self._stream.width,
+            height=self._stream.height,
+            format="yuv420p",
+            interpolation=SCALING,
+            threads=1,
         )
         small.pts = round(t_s * 1000)
         small.time_base = MILLISECOND
@@ -761,8 +770,8 @@ def _avcc_headers(extradata: bytes | None) -> tuple[int, list[bytes]]:
     for count_mask in (0x1F, 0xFF):  # SPS count (low 5 bits), then PPS count
         count, at = data[at] & count_mask, at + 1
         for _ in range(count):
-            size = int.from_bytes(data[at:at + 2], "big")
-            units.append(data[at + 2:at + 2 + size])
+            size = int.from_bytes(data[at : at + 2], "big")
+            units.append(data[at + 2 : at + 2 + size])
             at += 2 + size
     return length_size, units
 

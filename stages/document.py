@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import (
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import (
     DOCUMENT_FAILED,
     FILTERED,
     Document,
@@ -25,7 +25,7 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import process_each, resources_from
+from cosmo_data.stages.base import process_each, resources_from
 
 # A break after ., !, ? or … (optionally closed by a quote or bracket) followed by whitespace, or right
 # after CJK full stops, which are not followed by spaces. "3.5" and "e.g.x" stay whole.

@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yt_dlp
-from cosmo_data.pipeline.config import DownloadConfig
-from cosmo_data.pipeline.record import (
+from yt_dlp.networking.exceptions import (
+    CertificateVerifyError,
+    HTTPError,
+    TransportError,
+)
+from yt_dlp.utils import DownloadError
+
+from cosmo_data.schemas.config import DownloadConfig
+from cosmo_data.schemas.records import (
     DEADLINE_EXCEEDED,
     DISK_FULL,
     DOWNLOAD_FAILED,
@@ -39,13 +46,7 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import describe_exception
-from yt_dlp.networking.exceptions import (
-    CertificateVerifyError,
-    HTTPError,
-    TransportError,
-)
-from yt_dlp.utils import DownloadError
+from cosmo_data.stages.base import describe_exception
 
 MB = 1024 * 1024
 # HTTP statuses worth another try; anything else (404, 403, 410, ...) will not change on retry.
@@ -117,9 +118,19 @@ def probe_duration_s(path: Path) -> float | None:
     (the decoder then reports what is wrong in its own words)."""
     try:
         result = subprocess.run(
-            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1",
-             "file:" + str(Path(path).resolve())],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "default=noprint_wrappers=1:nokey=1",
+                "file:" + str(Path(path).resolve()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
         )
         return float(result.stdout.strip())
     except (ValueError, subprocess.TimeoutExpired):

@@ -19,8 +19,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from cosmo_data.pipeline.config import ScenesConfig
-from cosmo_data.pipeline.record import Clip
 from scenedetect import (
     AdaptiveDetector,
     ContentDetector,
@@ -30,6 +28,9 @@ from scenedetect import (
     ThresholdDetector,
 )
 from scenedetect.common import FrameTimecode
+
+from cosmo_data.schemas.config import ScenesConfig
+from cosmo_data.schemas.records import Clip
 
 CUT = "cut"
 GRADUAL = "gradual"
@@ -289,8 +290,9 @@ class DetectorProcess:
     def __init__(self, config: ScenesConfig):
         context = multiprocessing.get_context("fork")
         self._connection, child_end = context.Pipe()
-        self._process = context.Process(target=_detect_in_child, args=(config, child_end), daemon=True,
-                                        name="cosmo-scenes")
+        self._process = context.Process(
+            target=_detect_in_child, args=(config, child_end), daemon=True, name="cosmo-scenes"
+        )
         self._process.start()
         child_end.close()
 
@@ -343,9 +345,7 @@ def _detect_in_child(config: ScenesConfig, connection: Connection) -> None:
         connection.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def thin_boundaries(
-    ranked: list[tuple[float, str]], duration_s: float, min_clip_s: float
-) -> list[tuple[float, str]]:
+def thin_boundaries(ranked: list[tuple[float, str]], duration_s: float, min_clip_s: float) -> list[tuple[float, str]]:
     """Keep boundaries in the given order of trust, dropping any closer than min_clip_s to one already
     kept or to either end of the video; returns them sorted by time."""
     kept: list[tuple[float, str]] = []
@@ -365,10 +365,12 @@ def clips_from_boundaries(boundaries: list[tuple[float, str]], duration_s: float
         parts = max(1, math.ceil((end_s - start_s) / max_clip_s - 1e-9))
         length = (end_s - start_s) / parts
         for part in range(parts):
-            clips.append(Clip(
-                clip_idx=len(clips),
-                start_s=round(start_s + part * length, 3),
-                end_s=round(start_s + (part + 1) * length, 3) if part < parts - 1 else round(end_s, 3),
-                boundary=kind if part == 0 else "split",
-            ))
+            clips.append(
+                Clip(
+                    clip_idx=len(clips),
+                    start_s=round(start_s + part * length, 3),
+                    end_s=round(start_s + (part + 1) * length, 3) if part < parts - 1 else round(end_s, 3),
+                    boundary=kind if part == 0 else "split",
+                )
+            )
     return clips

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import (
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import (
     DEADLINE_EXCEEDED,
     DECODE_FAILED,
     DISK_FULL,
@@ -30,7 +30,7 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import process_each, resources_from
+from cosmo_data.stages.base import process_each, resources_from
 from cosmo_data.stages.decode import cut_clip_mp4s, decode_video
 from cosmo_data.stages.download import (
     download,
@@ -84,7 +84,10 @@ class VideoStage:
                 raise VideoFailure(DEADLINE_EXCEEDED, "no time left")
             with timed(record, "decode"):
                 decoded = run_with_deadline(
-                    decode_file, (path, record, config, work_dir), timeout_s=left_s(), step="decode",
+                    decode_file,
+                    (path, record, config, work_dir),
+                    timeout_s=left_s(),
+                    step="decode",
                     crash_status=DECODE_FAILED,
                 )
                 adopt(record, decoded)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cosmo_data.cli import TINY_CONFIG
-from cosmo_data.pipeline.config import BuildConfig, load_config
-from cosmo_data.pipeline.samples import make_demo_videos
+from cosmo_data.pipeline.generated_media import make_demo_videos
+from cosmo_data.schemas.config import BuildConfig, load_config
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from cosmo_data.pipeline.config import BuildConfig, OutputConfig
-from cosmo_data.pipeline.record import (
+from PIL import Image, ImageDraw
+
+from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
+from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
+from cosmo_data.schemas.config import BuildConfig, OutputConfig
+from cosmo_data.schemas.records import (
     DECODE_FAILED,
     DOWNLOAD_FAILED,
     INVALID_SOURCE,
@@ -27,48 +31,78 @@ from cosmo_data.pipeline.record import (
     Sentence,
     VideoRecord,
 )
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
-from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
-from PIL import Image, ImageDraw
 
 # How-to videos as a reader would meet them: per clip, the keyframe's caption and what was said.
 THEMES: list[tuple[str, list[tuple[str, list[str]]]]] = [
-    ("en", [
-        ("a bowl of flour and eggs on a kitchen counter",
-         ["today we're making fluffy pancakes from scratch",
-          "you only need flour, eggs, milk & a pinch of salt"]),
-        ("a person whisking batter in a glass bowl", ["whisk everything until there are no lumps left"]),
-        ("a pancake cooking in a frying pan",
-         ["pour a ladle of batter into a hot buttered pan", "flip it when bubbles form on the surface"]),
-    ]),
-    ("en", [
-        ("a bicycle upside down on a garage floor",
-         ["first flip the bike over so it rests on the seat and handlebars"]),
-        ("hands removing a tire with a plastic lever", ["use two tire levers to pop the tire off the rim"]),
-        ("a person pumping air into a bicycle tire",
-         ["inflate it to the pressure printed on the sidewall", "usually that's 40 to 60 psi"]),
-    ]),
-    ("en", [
-        ("tomato seedlings in small pots on a windowsill",
-         ["these seedlings are about six weeks old and ready to go outside"]),
-        ("a person digging a hole in a garden bed", ["dig deep enough to bury most of the stem"]),
-        ("a watering can pouring water onto plants", ["water them in well and add mulch around the base"]),
-        ("rows of tomato plants tied to wooden stakes", ["tie them loosely so the stems can still grow"]),
-    ]),
-    ("es", [
-        ("a hand holding a blue rope", ["primero haz un lazo con la cuerda"]),
-        ("a knot being tightened on a metal ring", ["después pasa el extremo por dentro y aprieta bien"]),
-    ]),
+    (
+        "en",
+        [
+            (
+                "a bowl of flour and eggs on a kitchen counter",
+                [
+                    "today we're making fluffy pancakes from scratch",
+                    "you only need flour, eggs, milk & a pinch of salt",
+                ],
+            ),
+            ("a person whisking batter in a glass bowl", ["whisk everything until there are no lumps left"]),
+            (
+                "a pancake cooking in a frying pan",
+                ["pour a ladle of batter into a hot buttered pan", "flip it when bubbles form on the surface"],
+            ),
+        ],
+    ),
+    (
+        "en",
+        [
+            (
+                "a bicycle upside down on a garage floor",
+                ["first flip the bike over so it rests on the seat and handlebars"],
+            ),
+            ("hands removing a tire with a plastic lever", ["use two tire levers to pop the tire off the rim"]),
+            (
+                "a person pumping air into a bicycle tire",
+                ["inflate it to the pressure printed on the sidewall", "usually that's 40 to 60 psi"],
+            ),
+        ],
+    ),
+    (
+        "en",
+        [
+            (
+                "tomato seedlings in small pots on a windowsill",
+                ["these seedlings are about six weeks old and ready to go outside"],
+            ),
+            ("a person digging a hole in a garden bed", ["dig deep enough to bury most of the stem"]),
+            ("a watering can pouring water onto plants", ["water them in well and add mulch around the base"]),
+            ("rows of tomato plants tied to wooden stakes", ["tie them loosely so the stems can still grow"]),
+        ],
+    ),
+    (
+        "es",
+        [
+            ("a hand holding a blue rope", ["primero haz un lazo con la cuerda"]),
+            ("a knot being tightened on a metal ring", ["después pasa el extremo por dentro y aprieta bien"]),
+        ],
+    ),
 ]
 
 FAILURES: list[tuple[str, str, str]] = [
-    ("https://www.youtube.com/watch?v=aaaaaaaaaaa", DOWNLOAD_FAILED,
-     "ERROR: [youtube] aaaaaaaaaaa: Video unavailable. This video is private"),
-    ("clips/<draft> & notes.mp4", DECODE_FAILED,
-     "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d5c8] moov atom not found\n"
-     "clips/<draft> & notes.mp4: Invalid data found when processing input"),
-    ("ftp://example.org/video.mp4", INVALID_SOURCE,
-     "invalid source line 9: unsupported URL scheme 'ftp'; expected a YouTube id, an http(s) URL or a path"),
+    (
+        "https://www.youtube.com/watch?v=aaaaaaaaaaa",
+        DOWNLOAD_FAILED,
+        "ERROR: [youtube] aaaaaaaaaaa: Video unavailable. This video is private",
+    ),
+    (
+        "clips/<draft> & notes.mp4",
+        DECODE_FAILED,
+        "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55d5c8] moov atom not found\n"
+        "clips/<draft> & notes.mp4: Invalid data found when processing input",
+    ),
+    (
+        "ftp://example.org/video.mp4",
+        INVALID_SOURCE,
+        "invalid source line 9: unsupported URL scheme 'ftp'; expected a YouTube id, an http(s) URL or a path",
+    ),
 ]
 
 # The timings keys a build records: the video stage's steps, then one per model stage.
@@ -104,8 +138,24 @@ def clip_mp4(seconds: float) -> bytes:
     with tempfile.TemporaryDirectory(prefix="corpus-factory-") as folder:
         path = Path(folder) / "clip.mp4"
         subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=s=64x36:r=10:d={seconds}",
-             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=s=64x36:r=10:d={seconds}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(path),
+            ],
             check=True,
         )
         return path.read_bytes()
@@ -116,10 +166,20 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
     rng = random.Random(source_index * 7919 + theme)
     language, steps = THEMES[theme % len(THEMES)]
     record = VideoRecord(
-        video_id=video_id, source=f"https://www.youtube.com/watch?v={video_id}", source_index=source_index,
-        source_kind="youtube", locator=f"https://www.youtube.com/watch?v={video_id}",
-        duration_s=clip_s * len(steps), fps=30.0, width=1280, height=720, rotation=0, has_audio=True,
-        video_codec="h264", file_size=rng.randint(2_000_000, 9_000_000), language=language,
+        video_id=video_id,
+        source=f"https://www.youtube.com/watch?v={video_id}",
+        source_index=source_index,
+        source_kind="youtube",
+        locator=f"https://www.youtube.com/watch?v={video_id}",
+        duration_s=clip_s * len(steps),
+        fps=30.0,
+        width=1280,
+        height=720,
+        rotation=0,
+        has_audio=True,
+        video_codec="h264",
+        file_size=rng.randint(2_000_000, 9_000_000),
+        language=language,
     )
     sentences: list[Sentence] = []
     sentence_clip: list[int] = []
@@ -128,8 +188,17 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
         record.clips.append(Clip(clip_idx, start, end, "start" if clip_idx == 0 else "cut"))
         record.clip_videos[clip_idx] = clip_mp4(clip_s)
         width, height = 256, 144
-        record.frames.append(Frame(clip_idx, clip_idx, round((start + end) / 2, 3), width, height,
-                                   scene_jpeg(source_index * 100 + clip_idx, width, height), caption))
+        record.frames.append(
+            Frame(
+                clip_idx,
+                clip_idx,
+                round((start + end) / 2, 3),
+                width,
+                height,
+                scene_jpeg(source_index * 100 + clip_idx, width, height),
+                caption,
+            )
+        )
         sentences.append(Sentence(caption, start, end, "caption"))
         sentence_clip.append(clip_idx)
         step = clip_s / len(spoken)
@@ -143,9 +212,15 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
     sentence_clip = [sentence_clip[i] for i in order]
 
     similarity = [
-        [round(rng.uniform(0.05, 0.14) + (0.16 if sentence_clip[j] == frame.clip_idx else 0.0)
-               + (0.06 if sentence_clip[j] == frame.clip_idx and sentences[j].source == "caption" else 0.0), 4)
-         for j in range(len(sentences))]
+        [
+            round(
+                rng.uniform(0.05, 0.14)
+                + (0.16 if sentence_clip[j] == frame.clip_idx else 0.0)
+                + (0.06 if sentence_clip[j] == frame.clip_idx and sentences[j].source == "caption" else 0.0),
+                4,
+            )
+            for j in range(len(sentences))
+        ]
         for frame in record.frames
     ]
     matched = [max(range(len(row)), key=row.__getitem__) for row in similarity]
@@ -196,16 +271,23 @@ class Corpus:
         return [r for r in self.records if r.ok]
 
 
-def write_corpus(out: Path, records: list[VideoRecord], *, videos_per_group: int = 3,
-                 formats: list[str] | None = None) -> Corpus:
+def write_corpus(
+    out: Path, records: list[VideoRecord], *, videos_per_group: int = 3, formats: list[str] | None = None
+) -> Corpus:
     """Write records as a finished build does: run.json, every group through the real CorpusWriter
     (Parquet parts, tars, done marker, sizes.json), then build.json."""
     out = Path(out)
     formats = list(SAMPLE_WRITERS) if formats is None else formats
     config = BuildConfig(output=OutputConfig(formats=formats, videos_per_shard=videos_per_group))
-    atomic_write_json(out / STATE_DIR / "run.json",
-                      {"fingerprint": "corpus-factory", "sources": len(records), "seed": config.seed,
-                       "config": config.model_dump(mode="json")})
+    atomic_write_json(
+        out / STATE_DIR / "run.json",
+        {
+            "fingerprint": "corpus-factory",
+            "sources": len(records),
+            "seed": config.seed,
+            "config": config.model_dump(mode="json"),
+        },
+    )
     writer = CorpusWriter(out, formats)
     groups: dict[int, list[VideoRecord]] = {}
     for record in records:
@@ -215,13 +297,23 @@ def write_corpus(out: Path, records: list[VideoRecord], *, videos_per_group: int
         summary = writer.write_group(group, members)
         for status, n in summary.failures.items():
             failures[status] = failures.get(status, 0) + n
-    atomic_write_json(out / "build.json",
-                      {"sources": len(records), "ok": sum(r.ok for r in records), "failures": failures,
-                       "groups_written": len(groups), "groups_resumed": 0, "wall_s": 1.0,
-                       "formats": formats, "seed": config.seed})
+    atomic_write_json(
+        out / "build.json",
+        {
+            "sources": len(records),
+            "ok": sum(r.ok for r in records),
+            "failures": failures,
+            "groups_written": len(groups),
+            "groups_resumed": 0,
+            "wall_s": 1.0,
+            "formats": formats,
+            "seed": config.seed,
+        },
+    )
     return Corpus(out, records, formats, videos_per_group)
 
 
-def build_corpus(out: Path, n_ok: int = 6, n_failed: int = 2, *, videos_per_group: int = 3,
-                 formats: list[str] | None = None) -> Corpus:
+def build_corpus(
+    out: Path, n_ok: int = 6, n_failed: int = 2, *, videos_per_group: int = 3, formats: list[str] | None = None
+) -> Corpus:
     return write_corpus(out, realistic_records(n_ok, n_failed), videos_per_group=videos_per_group, formats=formats)

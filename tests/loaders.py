@@ -41,12 +41,14 @@ COSMO_VIDEO_SPEED = 5
 COSMO_FRAME_SIZE = 256
 
 # CLIP's preprocessing, as OpenFlamingo's image_processor does it.
-_clip_transform = transforms.Compose([
-    transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
-    transforms.CenterCrop(IMAGE_SIZE),
-    transforms.ToTensor(),
-    transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-])
+_clip_transform = transforms.Compose(
+    [
+        transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(IMAGE_SIZE),
+        transforms.ToTensor(),
+        transforms.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    ]
+)
 
 
 @dataclass
@@ -121,8 +123,9 @@ class VideoClipExample:
 def _decord_video(key: str, data: bytes):
     if re.sub(r".*[.]", "", key) not in "mp4 ogv mjpeg avi mov h264 mpg webm wmv".split():
         return None
-    return decord.VideoReader(io.BytesIO(data), width=COSMO_FRAME_SIZE, height=COSMO_FRAME_SIZE, num_threads=1,
-                              ctx=decord.cpu(0))
+    return decord.VideoReader(
+        io.BytesIO(data), width=COSMO_FRAME_SIZE, height=COSMO_FRAME_SIZE, num_threads=1, ctx=decord.cpu(0)
+    )
 
 
 def _seconds(hms: str) -> int:

@@ -21,7 +21,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, needle
 
 
 def test_missing_source_file(tmp_path):
-    assert_one_line_error(run("build", "--source", "nope.txt", "--out", "o", cwd=tmp_path), 2, "nope.txt does not exist")
+    assert_one_line_error(
+        run("build", "--source", "nope.txt", "--out", "o", cwd=tmp_path), 2, "nope.txt does not exist"
+    )
 
 
 @pytest.mark.parametrize(

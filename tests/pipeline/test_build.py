@@ -14,8 +14,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+
 from cosmo_data.cli import TINY_CONFIG
-from cosmo_data.pipeline.samples import GroundTruth
+from cosmo_data.pipeline.generated_media import GroundTruth
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,11 @@ def test_every_source_once_with_status(demo_corpus, demo_videos):
 def test_clips_cover_each_video_and_match_ground_truth(demo_corpus, demo_videos):
     for video in demo_videos:
         truth = GroundTruth.load(video)
-        clips = sql(demo_corpus, f"SELECT c.start_s, c.end_s FROM clips c JOIN videos v USING (video_id) "
-                                 f"WHERE v.source = '{video}' ORDER BY clip_idx")
+        clips = sql(
+            demo_corpus,
+            f"SELECT c.start_s, c.end_s FROM clips c JOIN videos v USING (video_id) "
+            f"WHERE v.source = '{video}' ORDER BY clip_idx",
+        )
         assert clips[0][0] == pytest.approx(0.0, abs=0.05)
         assert clips[-1][1] == pytest.approx(truth.duration_s, abs=0.2)
         assert all(a[1] == pytest.approx(b[0]) for a, b in zip(clips, clips[1:]))
@@ -78,8 +82,18 @@ def _table_contents(out: Path) -> dict[str, list]:
 
 def test_sigkill_mid_build_then_resume_equals_clean_run(demo_corpus, demo_sources, tmp_path):
     out = tmp_path / "killed"
-    command = [CLI, "build", "--source", str(demo_sources), "--out", str(out), "--config", str(TINY_CONFIG),
-               "--set", "output.videos_per_shard=1"]
+    command = [
+        CLI,
+        "build",
+        "--source",
+        str(demo_sources),
+        "--out",
+        str(out),
+        "--config",
+        str(TINY_CONFIG),
+        "--set",
+        "output.videos_per_shard=1",
+    ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = out / "_state" / "groups"
     deadline = time.monotonic() + 600
@@ -101,24 +115,54 @@ def test_sigkill_mid_build_then_resume_equals_clean_run(demo_corpus, demo_source
     for fmt in FORMATS:
         for shard in (demo_corpus / "shards" / fmt).glob("*.tar"):
             assert (out / "shards" / fmt / shard.name).read_bytes() == shard.read_bytes(), (fmt, shard.name)
-        assert (out / "shards" / fmt / "sizes.json").read_text() == (demo_corpus / "shards" / fmt / "sizes.json").read_text()
+        assert (out / "shards" / fmt / "sizes.json").read_text() == (
+            demo_corpus / "shards" / fmt / "sizes.json"
+        ).read_text()
     assert not list(out.rglob(".tmp-*"))
 
 
 def test_rerun_of_a_finished_build_writes_nothing(demo_corpus, demo_sources):
     before = {p: p.stat().st_mtime_ns for p in demo_corpus.rglob("*.tar")}
-    result = subprocess.run([CLI, "build", "--source", str(demo_sources), "--out", str(demo_corpus),
-                             "--config", str(TINY_CONFIG), "--set", "output.videos_per_shard=1"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            CLI,
+            "build",
+            "--source",
+            str(demo_sources),
+            "--out",
+            str(demo_corpus),
+            "--config",
+            str(TINY_CONFIG),
+            "--set",
+            "output.videos_per_shard=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0 groups written, 4 resumed" in result.stdout
     assert before == {p: p.stat().st_mtime_ns for p in demo_corpus.rglob("*.tar")}
 
 
 def test_resume_with_other_settings_is_refused(demo_corpus, demo_sources):
-    result = subprocess.run([CLI, "build", "--source", str(demo_sources), "--out", str(demo_corpus),
-                             "--config", str(TINY_CONFIG), "--set", "output.videos_per_shard=2"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            CLI,
+            "build",
+            "--source",
+            str(demo_sources),
+            "--out",
+            str(demo_corpus),
+            "--config",
+            str(TINY_CONFIG),
+            "--set",
+            "output.videos_per_shard=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2
     assert "holds a build of other sources or settings" in result.stderr
 
@@ -130,7 +174,7 @@ def test_the_driver_builds_the_stages_without_torch():
         "import sys\n"
         "from cosmo_data.cli import TINY_CONFIG\n"
         "from cosmo_data.pipeline.build import make_stages\n"
-        "from cosmo_data.pipeline.config import load_config\n"
+        "from cosmo_data.schemas.config import load_config\n"
         "stages = make_stages(load_config(TINY_CONFIG))\n"
         "print(len(stages), sorted(m for m in ('torch', 'whisper', 'open_clip') if m in sys.modules))\n"
     )

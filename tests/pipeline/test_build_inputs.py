@@ -10,9 +10,10 @@ from pathlib import Path
 import duckdb
 import pytest
 from conftest import tiny_config
-from cosmo_data.pipeline import samples
-from cosmo_data.pipeline.build import build
 from loopback import refused_url, serve_directory
+
+from cosmo_data.pipeline import generated_media as samples
+from cosmo_data.pipeline.build import build
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +94,19 @@ def test_broken_unusual_and_hostile_inputs_in_one_build(tmp_path, monkeypatch):
     error = {name: rows[str(path)][1] for name, path in files.items()}
     error.update({name: rows[url][1] for name, url in urls.items()})
 
-    for name in ("good", "no_audio", "single_frame", "tiny", "4k", "rotated", "vfr", "non_ascii_spaces",
-                 "mkv", "webm", "http_good"):
+    for name in (
+        "good",
+        "no_audio",
+        "single_frame",
+        "tiny",
+        "4k",
+        "rotated",
+        "vfr",
+        "non_ascii_spaces",
+        "mkv",
+        "webm",
+        "http_good",
+    ):
         assert status[name] == "ok", (name, error[name])
     for name in ("empty", "random", "html", "truncated"):
         assert status[name] == "decode_failed", (name, error[name])
@@ -112,6 +124,10 @@ def test_broken_unusual_and_hostile_inputs_in_one_build(tmp_path, monkeypatch):
     for _, err in rows.values():
         assert err is None or ("/tmp/" not in err.replace(str(tmp_path), "")), err  # no temp-file paths
     assert not list(tmp_path.glob("pwned*")) and not list(Path.cwd().glob("*touch*"))
-    rotated = con.execute(f"SELECT width, height FROM read_parquet('{out}/videos/*.parquet') WHERE source = '{files['rotated']}'").fetchone()
-    good = con.execute(f"SELECT width, height FROM read_parquet('{out}/videos/*.parquet') WHERE source = '{files['good']}'").fetchone()
+    rotated = con.execute(
+        f"SELECT width, height FROM read_parquet('{out}/videos/*.parquet') WHERE source = '{files['rotated']}'"
+    ).fetchone()
+    good = con.execute(
+        f"SELECT width, height FROM read_parquet('{out}/videos/*.parquet') WHERE source = '{files['good']}'"
+    ).fetchone()
     assert rotated == (good[1], good[0])

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
 from cosmo_data.cli import TINY_CONFIG
+from cosmo_data.pipeline.generated_media import CUT, make_sample_video
 from cosmo_data.pipeline.ray_runner import (
     RayConnectionError,
     check_ray_address,
@@ -24,9 +26,8 @@ from cosmo_data.pipeline.ray_runner import (
     seed_for_batch,
     worker_groups,
 )
-from cosmo_data.pipeline.record import VideoRecord
-from cosmo_data.pipeline.samples import CUT, make_sample_video
-from cosmo_data.pipeline.stage import Resources
+from cosmo_data.schemas.records import VideoRecord
+from cosmo_data.stages.base import Resources
 
 
 def draws(seed: int, ids: list[str]) -> list[float]:
@@ -73,8 +74,11 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
         monkeypatch.setattr("cosmo_data.pipeline.ray_runner.MAX_INPUT_BLOCKS", max_input_blocks)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     shared = Resources(cpus=0.5)
-    stages = [NotingStage("video", 1, Resources(cpus=0.5, concurrency=2)), NotingStage("asr", 2, shared),
-              NotingStage("caption", 4, shared)]
+    stages = [
+        NotingStage("video", 1, Resources(cpus=0.5, concurrency=2)),
+        NotingStage("asr", 2, shared),
+        NotingStage("caption", 4, shared),
+    ]
     assert [[s.name for s in group] for group in worker_groups(stages)] == [["video"], ["asr", "caption"]]
     done: list[VideoRecord] = []
     records = [VideoRecord(f"v{n}", f"v{n}", n) for n in range(8)]
@@ -131,9 +135,20 @@ def ray_cluster() -> Iterator[Cluster]:
     port = free_port()
     tmpdir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmpdir / 'ray'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=4",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={tmpdir / 'ray'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -152,9 +167,14 @@ def build_on(env: dict[str, str | None], out: Path, video: Path, *extra: str) ->
     sources = out.parent / f"{out.name}.txt"
     sources.write_text(f"{video}\n")
     environment = {k: v for k, v in (os.environ | env).items() if v is not None}
-    return subprocess.Popen([CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG),
-                             *extra], env=environment, text=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG), *extra],
+        env=environment,
+        text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +224,15 @@ def test_default_build_starts_its_own_ray_beside_a_running_one(ray_cluster, shor
 
 @pytest.mark.slow
 def test_a_worker_no_node_can_hold_is_named_while_the_build_waits(ray_cluster, short_video, tmp_path):
-    build = build_on({"RAY_AUTH_MODE": "token"}, tmp_path / "out", short_video, "--ray-address", ray_cluster.address,
-                     "--set", "asr.resources.cpus=8")
+    build = build_on(
+        {"RAY_AUTH_MODE": "token"},
+        tmp_path / "out",
+        short_video,
+        "--ray-address",
+        ray_cluster.address,
+        "--set",
+        "asr.resources.cpus=8",
+    )
     give_up = threading.Timer(120, os.killpg, (build.pid, signal.SIGKILL))  # ends the read below if no warning
     give_up.start()
     try:

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import DECODE_FAILED, Clip, Frame, Segment, VideoRecord
+from loaders import cosmo_interleaved_video, openflamingo_mmc4
+from PIL import Image
+
 from cosmo_data.pipeline.shard_formats import (
     SAMPLE_WRITERS,
     ShardFormatError,
     clip_captions,
     cosmo_sample,
 )
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import DECODE_FAILED, Clip, Frame, Segment, VideoRecord
 from cosmo_data.stages.assign import AssignStage, assign_mmc4
 from cosmo_data.stages.document import DocumentStage
-from loaders import cosmo_interleaved_video, openflamingo_mmc4
-from PIL import Image
 
 # Clip colours and lengths in whole seconds, so COSMO's whole-second clip times fall on clip boundaries.
 CLIPS = [("red", 2), ("lime", 3), ("blue", 2)]
@@ -146,8 +147,10 @@ def test_openflamingo_reads_every_document_with_image_tokens_at_the_matched_sent
             assert f"<image>{info['text_list'][entry['matched_text_index']]}" in example.text
 
     cooking = examples[0].text
-    assert cooking == ("We start here.<image>a red scene Then we move on.<|endofchunk|><image>a lime scene Done now."
-                       "<|endofchunk|><image>a blue scene<|endofchunk|></s>")
+    assert cooking == (
+        "We start here.<image>a red scene Then we move on.<|endofchunk|><image>a lime scene Done now."
+        "<|endofchunk|><image>a blue scene<|endofchunk|></s>"
+    )
     # Later OpenFlamingo recomputes the pairs from similarity_matrix: the same text where images do not
     # outnumber sentences; with more images than sentences it keeps one per sentence.
     recomputed = list(openflamingo_mmc4([shards["paths"]["mmc4"]], sim_threshold=0.15, recompute_assignment=True))
@@ -163,7 +166,9 @@ def test_cosmo_samples_join_the_clips_with_parseable_times(shards):
     assert [c["clip"] for c in clips] == ["0:00:00 - 0:00:02", "0:00:02 - 0:00:05", "0:00:05 - 0:00:07"]
     assert all(re.fullmatch(r"\d+:\d\d:\d\d - \d+:\d\d:\d\d", c["clip"]) for c in clips)
     assert [c["caption"] for c in clips] == [
-        "We start here. a red scene", "Then we move on. a lime scene", "Done now. a blue scene",
+        "We start here. a red scene",
+        "Then we move on. a lime scene",
+        "Done now. a blue scene",
     ]
     assert meta["video_speed"] == 5
 
@@ -173,9 +178,22 @@ def test_cosmo_mp4_decodes_and_is_five_times_faster(shards, tmp_path):
     video = tmp_path / "joined.mp4"
     video.write_bytes(sample["mp4"])
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=codec_type,nb_read_frames",
-         "-show_entries", "format=duration", "-of", "json", str(video)],
-        capture_output=True, text=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,nb_read_frames",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "json",
+            str(video),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     report = json.loads(probe.stdout)
     assert [s["codec_type"] for s in report["streams"]] == ["video"]  # audio dropped: COSMO reads frames only
@@ -186,8 +204,10 @@ def test_cosmo_mp4_decodes_and_is_five_times_faster(shards, tmp_path):
 def test_cosmo_loader_finds_each_clip_where_its_time_says(shards):
     [example] = list(cosmo_interleaved_video([shards["paths"]["cosmo"]], num_frames=3))
     assert example.times_s == [(0.0, 0.4), (0.4, 1.0), (1.0, 1.4)]
-    assert example.text == ("<s><visual>We start here. a red scene<|endofchunk|><visual>Then we move on. a lime scene"
-                            "<|endofchunk|><visual>Done now. a blue scene<|endofchunk|></s>")
+    assert example.text == (
+        "<s><visual>We start here. a red scene<|endofchunk|><visual>Then we move on. a lime scene"
+        "<|endofchunk|><visual>Done now. a blue scene<|endofchunk|></s>"
+    )
     for (colour, _), frames in zip(CLIPS, example.frames):
         assert frames.shape == (3, 256, 256, 3)
         dominant = [int(np.argmax(frame[128, 128])) for frame in frames]
@@ -201,11 +221,15 @@ def test_records_without_what_a_format_needs_give_no_sample(shards):
 
 
 def test_clip_captions_go_by_sentence_midpoint():
-    from cosmo_data.pipeline.record import Sentence
+    from cosmo_data.schemas.records import Sentence
 
     clips = [Clip(0, 0.0, 2.0), Clip(1, 2.0, 4.0)]
-    sentences = [Sentence("a", 0.0, 1.0, "asr"), Sentence("b", 1.0, 3.5, "asr"), Sentence("c", 4.0, 4.0, "caption"),
-                 Sentence("d", 9.0, 9.0, "caption")]
+    sentences = [
+        Sentence("a", 0.0, 1.0, "asr"),
+        Sentence("b", 1.0, 3.5, "asr"),
+        Sentence("c", 4.0, 4.0, "caption"),
+        Sentence("d", 9.0, 9.0, "caption"),
+    ]
     assert clip_captions(sentences, clips) == ["a", "b c"]
 
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from cosmo_data.pipeline.sources import SourceError, classify, read_sources
 
 
@@ -12,7 +13,11 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 def test_text_file_skips_comments_blanks_and_duplicates(tmp_path):
-    source = write(tmp_path, "ids.txt", b"# HowTo100M sample\n\ndQw4w9WgXcQ\n  dQw4w9WgXcQ  \nhttps://youtu.be/dQw4w9WgXcQ\nabcdefghijk\n")
+    source = write(
+        tmp_path,
+        "ids.txt",
+        b"# HowTo100M sample\n\ndQw4w9WgXcQ\n  dQw4w9WgXcQ  \nhttps://youtu.be/dQw4w9WgXcQ\nabcdefghijk\n",
+    )
     rows = read_sources([source])
     assert [r.video_id for r in rows] == ["dQw4w9WgXcQ", "abcdefghijk"]
     assert [r.source_index for r in rows] == [0, 1]
@@ -80,8 +85,14 @@ def test_repeated_bad_lines_are_one_row(tmp_path):
 
 def test_howto100m_csv_layout(tmp_path):
     csv = tmp_path / "HowTo100M_v1.csv"
-    pd.DataFrame({"video_id": ["dQw4w9WgXcQ", "abcdefghijk", "dQw4w9WgXcQ"], "category_1": ["a", "b", "a"],
-                  "rank": [1, 2, 1], "task_id": [10, 11, 10]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "video_id": ["dQw4w9WgXcQ", "abcdefghijk", "dQw4w9WgXcQ"],
+            "category_1": ["a", "b", "a"],
+            "rank": [1, 2, 1],
+            "task_id": [10, 11, 10],
+        }
+    ).to_csv(csv, index=False)
     rows = read_sources([csv])
     assert [r.video_id for r in rows] == ["dQw4w9WgXcQ", "abcdefghijk"]
 

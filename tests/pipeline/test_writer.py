@@ -4,8 +4,11 @@ import json
 import duckdb
 import pyarrow.parquet as pq
 import webdataset as wds
-from cosmo_data import schemas
-from cosmo_data.pipeline.record import (
+from PIL import Image
+
+from cosmo_data.pipeline.writer import CorpusWriter
+from cosmo_data.schemas import tables as schemas
+from cosmo_data.schemas.records import (
     DOWNLOAD_FAILED,
     Clip,
     Document,
@@ -14,8 +17,6 @@ from cosmo_data.pipeline.record import (
     Sentence,
     VideoRecord,
 )
-from cosmo_data.pipeline.writer import CorpusWriter
-from PIL import Image
 
 
 def jpeg(color) -> bytes:
@@ -25,16 +26,32 @@ def jpeg(color) -> bytes:
 
 
 def finished_record(index: int) -> VideoRecord:
-    record = VideoRecord(f"vid{index}", f"/v/{index}.mp4", index, duration_s=4.0, fps=25.0, width=32,
-                         height=24, has_audio=True, language="en", timings={"video": 0.5, "asr": 0.2})
+    record = VideoRecord(
+        f"vid{index}",
+        f"/v/{index}.mp4",
+        index,
+        duration_s=4.0,
+        fps=25.0,
+        width=32,
+        height=24,
+        has_audio=True,
+        language="en",
+        timings={"video": 0.5, "asr": 0.2},
+    )
     record.clips = [Clip(0, 0.0, 2.0, "start"), Clip(1, 2.0, 4.0, "cut")]
-    record.frames = [Frame(0, 0, 1.0, 32, 24, jpeg("red"), "a red square"),
-                     Frame(1, 1, 3.0, 32, 24, jpeg("blue"), "a blue square")]
+    record.frames = [
+        Frame(0, 0, 1.0, 32, 24, jpeg("red"), "a red square"),
+        Frame(1, 1, 3.0, 32, 24, jpeg("blue"), "a blue square"),
+    ]
     record.transcript = [Segment(0, 0.0, 4.0, "Hello there.", -0.3, 0.01)]
-    sentences = [Sentence("a red square", 0.0, 2.0, "caption"), Sentence("Hello there.", 0.0, 4.0, "asr"),
-                 Sentence("a blue square", 2.0, 4.0, "caption")]
-    record.document = Document(f"vid{index}", sentences, [0, 1], [[0.3, 0.1, 0.0], [0.0, 0.1, 0.4]],
-                               [0, 2], [0.3, 0.4], "mmc4", 7)
+    sentences = [
+        Sentence("a red square", 0.0, 2.0, "caption"),
+        Sentence("Hello there.", 0.0, 4.0, "asr"),
+        Sentence("a blue square", 2.0, 4.0, "caption"),
+    ]
+    record.document = Document(
+        f"vid{index}", sentences, [0, 1], [[0.3, 0.1, 0.0], [0.0, 0.1, 0.4]], [0, 2], [0.3, 0.4], "mmc4", 7
+    )
     return record
 
 
@@ -43,12 +60,19 @@ def test_group_is_written_with_schemas_and_reads_back(tmp_path):
     failed.fail(DOWNLOAD_FAILED, "ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found")
     writer = CorpusWriter(tmp_path, ["native"])
     summary = writer.write_group(0, [failed, finished_record(1), finished_record(0)])
-    assert (summary.videos, summary.ok, summary.failures, summary.samples) == (3, 2, {DOWNLOAD_FAILED: 1}, {"native": 2})
+    assert (summary.videos, summary.ok, summary.failures, summary.samples) == (
+        3,
+        2,
+        {DOWNLOAD_FAILED: 1},
+        {"native": 2},
+    )
 
     for table, schema in schemas.TABLES.items():
         assert pq.read_schema(tmp_path / table / "part-000000.parquet").equals(schema, check_metadata=False)
     con = duckdb.connect()
-    videos = con.execute(f"SELECT video_id, status, error FROM read_parquet('{tmp_path}/videos/*.parquet') ORDER BY source_index").fetchall()
+    videos = con.execute(
+        f"SELECT video_id, status, error FROM read_parquet('{tmp_path}/videos/*.parquet') ORDER BY source_index"
+    ).fetchall()
     assert videos[0][:2] == ("vid0", "ok") and videos[2][1:] == (DOWNLOAD_FAILED, failed.error)
     assert con.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/clips/*.parquet')").fetchone() == (4,)
     matched = con.execute(

@@ -6,14 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cosmo_data.pipeline.samples import (
+from loopback import LoopbackServer, serve_directory
+
+from cosmo_data.pipeline.generated_media import (
     CUT,
     make_audio_only,
     make_sample_video,
     run_ffmpeg,
 )
 from cosmo_data.stages.download import prepare_children
-from loopback import LoopbackServer, serve_directory
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +27,47 @@ def media_dir(tmp_path_factory) -> Path:
     make_audio_only(directory / "tone.m4a", duration_s=1.0)
     (directory / "garbage.mp4").write_bytes(b"this is not a video " * 2000)
     run_ffmpeg(
-        ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-f", "lavfi", "-i", "sine", "-t", "2",
-         "-filter_complex", "[0:v]split=2[tall][small];[small]scale=160:120[short]",
-         "-map", "[tall]", "-map", "[short]", "-map", "1:a",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-         "-f", "hls", "-hls_time", "1", "-hls_playlist_type", "vod",
-         "-var_stream_map", "v:0,agroup:aud v:1,agroup:aud a:0,agroup:aud",
-         "-master_pl_name", "master.m3u8", "-hls_segment_filename", str(directory / "v%v_%03d.ts"),
-         str(directory / "v%v.m3u8")]
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-t",
+            "2",
+            "-filter_complex",
+            "[0:v]split=2[tall][small];[small]scale=160:120[short]",
+            "-map",
+            "[tall]",
+            "-map",
+            "[short]",
+            "-map",
+            "1:a",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_playlist_type",
+            "vod",
+            "-var_stream_map",
+            "v:0,agroup:aud v:1,agroup:aud a:0,agroup:aud",
+            "-master_pl_name",
+            "master.m3u8",
+            "-hls_segment_filename",
+            str(directory / "v%v_%03d.ts"),
+            str(directory / "v%v.m3u8"),
+        ]
     )
     return directory
 

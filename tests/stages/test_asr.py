@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import whisper
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import ASR_FAILED, DECODE_FAILED, VideoRecord
-from cosmo_data.stages import models
+
+from cosmo_data import models
+from cosmo_data.models import TINY_WHISPER, load_whisper
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import ASR_FAILED, DECODE_FAILED, VideoRecord
 from cosmo_data.stages.asr import (
     SAMPLE_RATE,
     AsrStage,
@@ -26,7 +28,6 @@ from cosmo_data.stages.asr import (
     transcribe_sequential,
     window_segments,
 )
-from cosmo_data.stages.models import TINY_WHISPER, load_whisper
 
 FAST = {"model": TINY_WHISPER, "max_new_tokens": 8, "temperatures": [0.0], "resources": {"gpus": 0}}
 

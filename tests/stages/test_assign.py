@@ -3,8 +3,11 @@ import itertools
 
 import numpy as np
 import pytest
-from cosmo_data.pipeline.config import AssignConfig, BuildConfig
-from cosmo_data.pipeline.record import (
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from cosmo_data.schemas.config import AssignConfig, BuildConfig
+from cosmo_data.schemas.records import (
     DOCUMENT_FAILED,
     FILTERED,
     Document,
@@ -20,8 +23,6 @@ from cosmo_data.stages.assign import (
     near_duplicates,
     time_prior,
 )
-from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
 
 def upstream_mmc4(im2txt: np.ndarray) -> list[int]:
@@ -169,14 +170,16 @@ def config_with(**assign) -> BuildConfig:
 def test_filters_drop_duplicates_low_similarity_and_extra_images_and_count_them():
     first = scene_jpeg(10)
     jpegs = [first, scene_jpeg(11), reencoded(first, 50), scene_jpeg(12), scene_jpeg(13), scene_jpeg(14)]
-    sim = np.array([
-        [0.30, 0.10, 0.10, 0.10],
-        [0.10, 0.28, 0.10, 0.10],
-        [0.31, 0.10, 0.10, 0.10],  # near-duplicate of frame 0, a better match: frame 0 goes
-        [0.05, 0.05, 0.12, 0.05],  # best match 0.12 < 0.15
-        [0.10, 0.10, 0.26, 0.10],
-        [0.10, 0.10, 0.10, 0.20],  # the weakest of four: over max_images=3
-    ])
+    sim = np.array(
+        [
+            [0.30, 0.10, 0.10, 0.10],
+            [0.10, 0.28, 0.10, 0.10],
+            [0.31, 0.10, 0.10, 0.10],  # near-duplicate of frame 0, a better match: frame 0 goes
+            [0.05, 0.05, 0.12, 0.05],  # best match 0.12 < 0.15
+            [0.10, 0.10, 0.26, 0.10],
+            [0.10, 0.10, 0.10, 0.20],  # the weakest of four: over max_images=3
+        ]
+    )
     record = assigned_record(sim, jpegs, [1.0, 5.0, 6.0, 9.0, 10.0, 13.0], 4)
     [out] = AssignStage(config_with(max_images=3)).process([record])
 
@@ -238,5 +241,7 @@ def test_a_similarity_matrix_of_the_wrong_shape_fails_the_record_with_a_clear_er
     record.document.similarity = []
     [out] = AssignStage(BuildConfig()).process([record])
     assert out.status == DOCUMENT_FAILED
-    assert out.error == ("assign: similarity matrix has shape [0] but the document has 2 images and 3 sentences "
-                         "(did ClipScoreStage run?)")
+    assert out.error == (
+        "assign: similarity matrix has shape [0] but the document has 2 images and 3 sentences "
+        "(did ClipScoreStage run?)"
+    )

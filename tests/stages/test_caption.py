@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import CAPTION_FAILED, OK, Frame, VideoRecord
-from cosmo_data.stages import models
-from cosmo_data.stages.caption import CaptionStage
-from cosmo_data.stages.models import TINY_BLIP, TINY_CLIP, TINY_COCA, ModelError
 from PIL import Image, ImageDraw
+
+from cosmo_data import models
+from cosmo_data.models import TINY_BLIP, TINY_CLIP, TINY_COCA, ModelError
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import CAPTION_FAILED, OK, Frame, VideoRecord
+from cosmo_data.stages.caption import CaptionStage
 
 COCA = {"backend": "open_clip", "model": TINY_COCA, "pretrained": None, "max_tokens": 8}
 BLIP = {"backend": "hf", "model": TINY_BLIP, "pretrained": None, "max_tokens": 6}
@@ -36,7 +37,9 @@ def jpeg(color: tuple[int, int, int], shape: str) -> bytes:
 
 
 def video(index: int, jpegs: list[bytes]) -> VideoRecord:
-    frames = [Frame(clip_idx=i, frame_idx=i, t_s=float(i), width=96, height=64, jpeg=data) for i, data in enumerate(jpegs)]
+    frames = [
+        Frame(clip_idx=i, frame_idx=i, t_s=float(i), width=96, height=64, jpeg=data) for i, data in enumerate(jpegs)
+    ]
     return VideoRecord(video_id=f"v{index}", source=f"video{index}.mp4", source_index=index, frames=frames)
 
 

@@ -7,8 +7,12 @@ import io
 import open_clip
 import pytest
 import torch
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import (
+from PIL import Image, ImageDraw
+
+from cosmo_data import models
+from cosmo_data.models import TINY_CLIP, load_open_clip
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import (
     CLIP_SCORE_FAILED,
     OK,
     Document,
@@ -16,10 +20,7 @@ from cosmo_data.pipeline.record import (
     Sentence,
     VideoRecord,
 )
-from cosmo_data.stages import models
 from cosmo_data.stages.clip_score import ClipScoreStage
-from cosmo_data.stages.models import TINY_CLIP, load_open_clip
-from PIL import Image, ImageDraw
 
 SENTENCES = ["a red circle on a white wall", "we cut the onions into thin slices", "a red circle on a white wall"]
 
@@ -48,7 +49,9 @@ def video(index: int, jpegs: list[bytes] = FRAMES, texts: list[str] = SENTENCES,
     frames = [Frame(clip_idx=i, frame_idx=i, t_s=2.0 * i, width=128, height=96, jpeg=d) for i, d in enumerate(jpegs)]
     sentences = [Sentence(text=t, start_s=2.0 * j, end_s=2.0 * j + 1, source="asr") for j, t in enumerate(texts)]
     document = Document(doc_id=f"v{index}", sentences=sentences, image_frames=list(image_frames or []))
-    return VideoRecord(video_id=f"v{index}", source=f"v{index}.mp4", source_index=index, frames=frames, document=document)
+    return VideoRecord(
+        video_id=f"v{index}", source=f"v{index}.mp4", source_index=index, frames=frames, document=document
+    )
 
 
 def scoring_stage(batch_size: int = 16) -> ClipScoreStage:

@@ -12,15 +12,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-from cosmo_data.pipeline.config import BuildConfig, KeyframesConfig
-from cosmo_data.pipeline.record import (
-    DECODE_FAILED,
-    NO_VIDEO_STREAM,
-    TOO_LARGE,
-    VideoFailure,
-    VideoRecord,
-)
-from cosmo_data.pipeline.samples import (
+
+from cosmo_data.pipeline.generated_media import (
     CUT,
     DISSOLVE,
     FADE,
@@ -34,6 +27,14 @@ from cosmo_data.pipeline.samples import (
     score_boundaries,
     truncate_copy,
 )
+from cosmo_data.schemas.config import BuildConfig, KeyframesConfig
+from cosmo_data.schemas.records import (
+    DECODE_FAILED,
+    NO_VIDEO_STREAM,
+    TOO_LARGE,
+    VideoFailure,
+    VideoRecord,
+)
 from cosmo_data.stages.decode import _ClipVideoEncoder, cut_clip_mp4s, decode_pass, decode_video
 
 SOURCE = "https://example.com/watch/video.mp4"
@@ -42,21 +43,39 @@ SOURCE = "https://example.com/watch/video.mp4"
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("decode_media")
-    make_sample_video(directory / "shots.mp4", segments=[2.5, 2.5, 2.5], transitions=[CUT, DISSOLVE],
-                      size=(320, 240), fps=25, speech=["Open the box.", "Take out the parts."])
+    make_sample_video(
+        directory / "shots.mp4",
+        segments=[2.5, 2.5, 2.5],
+        transitions=[CUT, DISSOLVE],
+        size=(320, 240),
+        fps=25,
+        speech=["Open the box.", "Take out the parts."],
+    )
     make_sample_video(directory / "silent.mp4", segments=[2.0, 2.0], transitions=[CUT], size=(160, 120), audio=False)
     make_sample_video(directory / "shots.mkv", segments=[2.0, 2.0], transitions=[CUT], size=(160, 120))
     make_sample_video(directory / "shots.webm", segments=[2.0, 2.0], transitions=[FADE], size=(160, 120))
     make_sample_video(directory / "tiny.mp4", segments=[1.5, 1.5], transitions=[CUT], size=(16, 16))
-    make_sample_video(directory / "uhd.mp4", segments=[1.0, 1.0], transitions=[CUT], size=(3840, 2160), fps=5,
-                      seed=5)  # seed 5: sources that render quickly at 4K
+    make_sample_video(
+        directory / "uhd.mp4", segments=[1.0, 1.0], transitions=[CUT], size=(3840, 2160), fps=5, seed=5
+    )  # seed 5: sources that render quickly at 4K
     make_rotated_copy(directory / "silent.mp4", directory / "rotated.mp4", 90)
     make_single_frame_video(directory / "one.mp4", size=(64, 48))
     make_vfr_video(directory / "vfr.mp4", duration_s=3.0)
     make_audio_only(directory / "tone.m4a", duration_s=1.0)
     truncate_copy(directory / "shots.mp4", directory / "half.mp4", 0.5)  # moov first: the start decodes
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(directory / "silent.mp4"), "-c", "copy",
-                    str(directory / "moov_at_end.mp4")], check=True)  # no +faststart: the index is at the end
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(directory / "silent.mp4"),
+            "-c",
+            "copy",
+            str(directory / "moov_at_end.mp4"),
+        ],
+        check=True,
+    )  # no +faststart: the index is at the end
     truncate_copy(directory / "moov_at_end.mp4", directory / "no_index.mp4", 0.5)
     (directory / "page.mp4").write_text("<!doctype html><html><body>Sign in to continue</body></html>")
     (directory / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
@@ -71,8 +90,22 @@ def decode(path: Path, config: BuildConfig | None = None) -> VideoRecord:
 
 def probe_frames(path: Path) -> int:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-         "stream=nb_read_frames", "-of", "json", str(path)], check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return int(json.loads(out)["streams"][0]["nb_read_frames"])
 
@@ -141,7 +174,7 @@ def test_audio_is_16khz_mono_for_the_whole_video(media):
     truth = GroundTruth.load(media / "shots.mp4")
 
     def rms(start_s: float, end_s: float) -> float:
-        return float(np.sqrt(np.mean(samples[int(start_s * 16000):int(end_s * 16000)] ** 2)))
+        return float(np.sqrt(np.mean(samples[int(start_s * 16000) : int(end_s * 16000)] ** 2)))
 
     # Sample 0 is time 0: the speech is where the ground truth put it, silence before it.
     assert rms(0.0, 0.4) < 50
@@ -169,8 +202,9 @@ def test_unreferenced_frames_are_not_decoded(tmp_path):
     """High-profile H.264 as uploads have it (B-frames, some of them references): the decoder drops the
     frames no other frame needs, and the scenes, keyframes and audio come out as from every frame."""
     path = tmp_path / "uploaded.mp4"
-    truth = make_sample_video(path, segments=[3.0, 3.0, 3.0], transitions=[CUT, DISSOLVE], preset="medium",
-                              speech=["Cut the board."])
+    truth = make_sample_video(
+        path, segments=[3.0, 3.0, 3.0], transitions=[CUT, DISSOLVE], preset="medium", speech=["Cut the board."]
+    )
     total = probe_frames(path)
     skipping = decode_pass(path, BuildConfig(), SOURCE)
     every = decode_pass(path, BuildConfig.model_validate({"video": {"skip_unreferenced_frames": False}}), SOURCE)
@@ -192,8 +226,19 @@ def test_sparse_references_turn_the_skipping_off(tmp_path):
     uploaded = tmp_path / "uploaded.mp4"
     make_sample_video(uploaded, segments=[2.0, 2.0], transitions=[CUT], audio=False)
     sparse = tmp_path / "sparse.mp4"
-    run_ffmpeg(["-i", str(uploaded), "-c:v", "libx264", "-x264-params", "bframes=3:b-adapt=0:b-pyramid=none",
-                "-pix_fmt", "yuv420p", str(sparse)])
+    run_ffmpeg(
+        [
+            "-i",
+            str(uploaded),
+            "-c:v",
+            "libx264",
+            "-x264-params",
+            "bframes=3:b-adapt=0:b-pyramid=none",
+            "-pix_fmt",
+            "yuv420p",
+            str(sparse),
+        ]
+    )
     decoded = decode_pass(sparse, BuildConfig(), SOURCE)
     total = probe_frames(sparse)
     # Gone: the B-frames before the first gap and those already in the decoder's threads then.
@@ -331,8 +376,10 @@ def test_single_frame_and_tiny_videos(media):
 def copy_frames(path: Path) -> list[tuple[int, bool, np.ndarray]]:
     """(milliseconds, keyframe, grey pixels) of every frame of an mp4, in order."""
     with av.open(str(path)) as container:
-        return [(round(f.pts * f.time_base * 1000), f.key_frame, f.to_ndarray(format="gray").astype(np.int16))
-                for f in container.decode(video=0)]
+        return [
+            (round(f.pts * f.time_base * 1000), f.key_frame, f.to_ndarray(format="gray").astype(np.int16))
+            for f in container.decode(video=0)
+        ]
 
 
 @pytest.mark.parametrize("copy_fps", [4.0, 3.0], ids=["copied-after-the-first-keyframe", "re-encoded-whole"])
@@ -352,8 +399,9 @@ def test_clip_mp4s_cut_from_the_small_copy(media, tmp_path, copy_fps):
     for clip in decoded.clips:
         target = tmp_path / f"clip_{clip.clip_idx}.mp4"
         target.write_bytes(clip_videos[clip.clip_idx])
-        errors = subprocess.run(["ffmpeg", "-v", "error", "-i", str(target), "-f", "null", "-"],
-                                capture_output=True, text=True).stderr
+        errors = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(target), "-f", "null", "-"], capture_output=True, text=True
+        ).stderr
         assert errors == ""
         wanted = [(t, pixels) for t, _, pixels in source if clip.start_s * 1000 <= t < clip.end_s * 1000]
         got = copy_frames(target)

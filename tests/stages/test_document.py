@@ -1,7 +1,9 @@
 import io
 
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import (
+from PIL import Image
+
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import (
     DOWNLOAD_FAILED,
     FILTERED,
     Clip,
@@ -10,7 +12,6 @@ from cosmo_data.pipeline.record import (
     VideoRecord,
 )
 from cosmo_data.stages.document import DocumentStage, segment_sentences, split_sentences
-from PIL import Image
 
 
 def jpeg(color: str) -> bytes:
@@ -28,9 +29,14 @@ def record_with(frames: list[Frame], transcript: list[Segment]) -> VideoRecord:
 
 
 def test_split_sentences_breaks_at_sentence_punctuation_only():
-    text = " First we heat 3.5 cups of water. Is it hot? \"Yes!\" Then stir…  done 你好。我们走吧！"
+    text = ' First we heat 3.5 cups of water. Is it hot? "Yes!" Then stir…  done 你好。我们走吧！'
     assert split_sentences(text) == [
-        "First we heat 3.5 cups of water.", "Is it hot?", '"Yes!"', "Then stir…", "done 你好。", "我们走吧！",
+        "First we heat 3.5 cups of water.",
+        "Is it hot?",
+        '"Yes!"',
+        "Then stir…",
+        "done 你好。",
+        "我们走吧！",
     ]
     assert split_sentences("   ") == []
 
@@ -39,7 +45,8 @@ def test_segment_time_is_shared_in_proportion_to_sentence_length():
     sentences = segment_sentences(Segment(0, 10.0, 16.0, "Aaaa. Bb.", -0.2, 0.01))
     # "Aaaa." has 5 characters, "Bb." 3: 6 s split 3.75 s + 2.25 s.
     assert [(s.text, s.start_s, s.end_s, s.source) for s in sentences] == [
-        ("Aaaa.", 10.0, 13.75, "asr"), ("Bb.", 13.75, 16.0, "asr"),
+        ("Aaaa.", 10.0, 13.75, "asr"),
+        ("Bb.", 13.75, 16.0, "asr"),
     ]
 
 
@@ -60,8 +67,11 @@ def test_document_merges_captions_and_speech_in_time_order():
     assert out.ok and out.document is not None
     document = out.document
     assert [(s.text, s.source) for s in document.sentences] == [
-        ("Welcome back.", "asr"), ("Today we cook!", "asr"), ("a red bowl on a table", "caption"),
-        ("Stir well.", "asr"), ("a green pan", "caption"),
+        ("Welcome back.", "asr"),
+        ("Today we cook!", "asr"),
+        ("a red bowl on a table", "caption"),
+        ("Stir well.", "asr"),
+        ("a green pan", "caption"),
     ]
     starts = [s.start_s for s in document.sentences]
     assert starts == sorted(starts)

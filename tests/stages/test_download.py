@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cosmo_data.pipeline.config import DownloadConfig
-from cosmo_data.pipeline.record import (
+from loopback import refused_url
+
+from cosmo_data.pipeline.sources import classify
+from cosmo_data.schemas.config import DownloadConfig
+from cosmo_data.schemas.records import (
     DEADLINE_EXCEEDED,
     DOWNLOAD_FAILED,
     INTERNAL_ERROR,
@@ -22,14 +25,12 @@ from cosmo_data.pipeline.record import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.sources import classify
 from cosmo_data.stages.download import (
     backoff_s,
     download,
     run_with_deadline,
     scrub_paths,
 )
-from loopback import refused_url
 
 pytestmark = pytest.mark.usefixtures("fast_children")
 
@@ -52,7 +53,9 @@ def failure_of(record: VideoRecord, dest: Path, cfg: DownloadConfig) -> VideoFai
 def probe_streams(path: Path) -> list[dict]:
     result = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,width,height", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout)["streams"]
 
@@ -183,7 +186,8 @@ def test_announced_size_over_the_limit_is_rejected_before_the_body(http_server, 
     failure = failure_of(record_for(http_server.url("files/clip.mp4")), tmp_path, cfg)
 
     assert (failure.status, failure.message) == (
-        TOO_LARGE, f"server announces {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)"
+        TOO_LARGE,
+        f"server announces {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)",
     )
     # Stopped after yt-dlp's first block: whatever was written is a small fraction of the file.
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 4096 < size
@@ -195,7 +199,8 @@ def test_size_from_page_metadata_over_the_limit_is_rejected_before_any_media_req
     failure = failure_of(record_for(http_server.url("watch/3/clip.mp4")), tmp_path, config(max_filesize_mb=0.01))
 
     assert (failure.status, failure.message) == (
-        TOO_LARGE, f"metadata gives a size of {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)"
+        TOO_LARGE,
+        f"metadata gives a size of {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)",
     )
     assert http_server.count("/files/clip.mp4") == 0
 
@@ -205,23 +210,26 @@ def test_stream_without_a_size_is_stopped_once_its_fragments_pass_the_limit(http
     failure = failure_of(record_for(http_server.url("files/master.m3u8")), tmp_path, config(max_filesize_mb=0.005))
 
     assert failure.status == TOO_LARGE
-    assert re.fullmatch(r"download stopped after \d+ bytes, over the limit of 5242 bytes \(download.max_filesize_mb\)",
-                        failure.message)
+    assert re.fullmatch(
+        r"download stopped after \d+ bytes, over the limit of 5242 bytes \(download.max_filesize_mb\)", failure.message
+    )
 
 
 def test_unannounced_size_is_stopped_once_the_limit_is_passed(http_server, tmp_path):
     failure = failure_of(record_for(http_server.url("chunked/clip.mp4")), tmp_path, config(max_filesize_mb=0.01))
 
     assert failure.status == TOO_LARGE
-    assert re.fullmatch(r"download stopped after \d+ bytes, over the limit of 10485 bytes \(download.max_filesize_mb\)",
-                        failure.message)
+    assert re.fullmatch(
+        r"download stopped after \d+ bytes, over the limit of 10485 bytes \(download.max_filesize_mb\)", failure.message
+    )
 
 
 def test_duration_from_page_metadata_over_the_limit_is_rejected_before_downloading(http_server, tmp_path):
     failure = failure_of(record_for(http_server.url("watch/7200/clip.mp4")), tmp_path, config(max_duration_s=3600))
 
     assert (failure.status, failure.message) == (
-        TOO_LONG, "duration 7200 s is over the limit of 3600 s (download.max_duration_s)"
+        TOO_LONG,
+        "duration 7200 s is over the limit of 3600 s (download.max_duration_s)",
     )
     assert http_server.count("/files/clip.mp4") == 0
 
@@ -287,7 +295,8 @@ def test_local_file_over_the_size_limit_is_too_large(media_dir, tmp_path):
     failure = failure_of(record_for(str(media_dir / "clip.mp4")), tmp_path, config(max_filesize_mb=0.01))
 
     assert (failure.status, failure.message) == (
-        TOO_LARGE, f"file is {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)"
+        TOO_LARGE,
+        f"file is {size} bytes, over the limit of 10485 bytes (download.max_filesize_mb)",
     )
 
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import pytest
-from cosmo_data.pipeline.config import BuildConfig, ScenesConfig
-from cosmo_data.pipeline.samples import (
+from scenedetect.common import FrameTimecode
+
+from cosmo_data.pipeline.generated_media import (
     CUT,
     DISSOLVE,
     FADE,
@@ -18,6 +19,7 @@ from cosmo_data.pipeline.samples import (
     make_sample_video,
     score_boundaries,
 )
+from cosmo_data.schemas.config import BuildConfig, ScenesConfig
 from cosmo_data.stages.decode import decode_pass
 from cosmo_data.stages.scenes import (
     DetectorProcess,
@@ -26,7 +28,6 @@ from cosmo_data.stages.scenes import (
     clips_from_boundaries,
     thin_boundaries,
 )
-from scenedetect.common import FrameTimecode
 
 FPS = 12.0
 SIZE = (128, 96)
@@ -43,7 +44,7 @@ def texture(seed: int) -> np.ndarray:
 
 def panning(seed: int, pixels_per_s: float) -> Callable[[float], np.ndarray]:
     image = texture(seed)
-    return lambda t: np.ascontiguousarray(image[:, int(t * pixels_per_s) % SIZE[0]:][:, :SIZE[0]])
+    return lambda t: np.ascontiguousarray(image[:, int(t * pixels_per_s) % SIZE[0] :][:, : SIZE[0]])
 
 
 def video(picture: Callable[[float], np.ndarray], duration_s: float = 6.0) -> list[tuple[float, np.ndarray]]:
@@ -54,6 +55,7 @@ def dissolve(a, b, start_s: float, length_s: float = 1.0):
     def picture(t: float) -> np.ndarray:
         alpha = min(1.0, max(0.0, (t - start_s) / length_s))
         return cv2.addWeighted(a(t), 1 - alpha, b(t), alpha, 0)
+
     return picture
 
 
@@ -61,6 +63,7 @@ def fade_through_black(a, b, middle_s: float, half_s: float = 0.5):
     def picture(t: float) -> np.ndarray:
         level = min(1.0, abs(t - middle_s) / half_s)
         return ((a(t) if t < middle_s else b(t)) * level).astype(np.uint8)
+
     return picture
 
 
@@ -191,11 +194,15 @@ def test_boundary_f1_on_generated_footage(tmp_path):
         truth = make_sample_video(path, segments=segments, transitions=transitions, seed=seed, audio=False)
         clips = decode_pass(path, config, str(path)).clips
         score = score_boundaries(truth.boundaries, [(c.start_s, c.boundary) for c in clips[1:]])
-        print(f"{path.name}: {score.true_positives}/{len(truth.boundaries)} found, "
-              f"{score.false_positives} false, F1 {score.f1:.3f}")
+        print(
+            f"{path.name}: {score.true_positives}/{len(truth.boundaries)} found, "
+            f"{score.false_positives} false, F1 {score.f1:.3f}"
+        )
         total = score if total is None else total + score
-    print(f"all: precision {total.precision:.3f} recall {total.recall:.3f} F1 {total.f1:.3f} "
-          f"kind right {total.kinds_right}/{total.true_positives}")
+    print(
+        f"all: precision {total.precision:.3f} recall {total.recall:.3f} F1 {total.f1:.3f} "
+        f"kind right {total.kinds_right}/{total.true_positives}"
+    )
     assert kinds == {CUT, DISSOLVE, FADE, FADEBLACK}
     assert total.f1 >= 0.95
     assert total.kinds_right >= 0.9 * total.true_positives

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.pipeline.record import (
+
+from cosmo_data.pipeline.sources import classify
+from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import (
     DEADLINE_EXCEEDED,
     DECODE_FAILED,
     DISK_FULL,
@@ -18,7 +20,6 @@ from cosmo_data.pipeline.record import (
     OK,
     VideoRecord,
 )
-from cosmo_data.pipeline.sources import classify
 from cosmo_data.stages.video import VideoStage
 
 pytestmark = pytest.mark.usefixtures("fast_children")

@@ -1,10 +1,10 @@
-from cosmo_data.pipeline.record import (
+from cosmo_data.schemas.records import (
     ASR_FAILED,
     DECODE_FAILED,
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.pipeline.stage import process_batched, process_each
+from cosmo_data.stages.base import process_batched, process_each
 
 
 def test_process_each_records_failures_and_timings():

@@ -5,14 +5,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import failed_record, ok_record, realistic_records, write_corpus
-from cosmo_data.pipeline.record import FILTERED
-from cosmo_data.pipeline.stats import compute_stats, format_stats
+
+from cosmo_data.corpus.stats import compute_stats, format_stats
+from cosmo_data.schemas.records import FILTERED
 
 
 def read_table(out, table) -> pd.DataFrame:
     """The table straight from its Parquet files, without DuckDB."""
-    return pd.concat([pq.read_table(p).to_pandas() for p in sorted((out / table).glob("*.parquet"))],
-                     ignore_index=True)
+    return pd.concat([pq.read_table(p).to_pandas() for p in sorted((out / table).glob("*.parquet"))], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_document_numbers(stats, tables):
     assert stats["avg_sentences_per_document"] == pytest.approx(documents.text_list.map(len).mean())
     sources = Counter(s for row in documents.sentence_source for s in row)
     assert stats["avg_sentences_per_document_by_source"] == pytest.approx(
-        {"caption": sources["caption"] / n, "asr": sources["asr"] / n})
+        {"caption": sources["caption"] / n, "asr": sources["asr"] / n}
+    )
     sims = [info["matched_sim"] for row in documents.image_info for info in row]
     assert stats["mean_matched_similarity"] == pytest.approx(sum(sims) / len(sims))
 
@@ -106,7 +107,7 @@ def test_format_stats_is_an_aligned_report(stats):
     assert any(line.split() == ["download_failed", "2"] for line in lines)
     assert any(line.split() == ["filtered", "1"] for line in lines)
     # Values of the corpus block end in one column.
-    corpus_block = lines[1:lines.index("")]
+    corpus_block = lines[1 : lines.index("")]
     assert len({len(line) for line in corpus_block}) == 1
     assert f"{stats['mean_matched_similarity']:.4f}" in text
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from cosmo_data.pipeline.query import QueryError, connect
+
+from cosmo_data.corpus.query import QueryError, connect
 
 SENTENCE_SOURCES = ("caption", "asr")
 
@@ -48,9 +49,7 @@ def compute_stats(out: Path) -> dict[str, Any]:
 
 def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     connection.execute("CREATE TEMP VIEW ok_videos AS SELECT * FROM videos WHERE status = 'ok'")
-    connection.execute(
-        "CREATE TEMP VIEW ok_clips AS SELECT c.* FROM clips c JOIN ok_videos v USING (video_id)"
-    )
+    connection.execute("CREATE TEMP VIEW ok_clips AS SELECT c.* FROM clips c JOIN ok_videos v USING (video_id)")
     videos_ok = _one(connection, "SELECT count(*) FROM ok_videos")
     documents = _one(connection, "SELECT count(*) FROM documents")
     sentences = _one(connection, "SELECT coalesce(sum(len(text_list)), 0) FROM documents")

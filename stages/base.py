@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cosmo_data.pipeline.config import StageResourcesConfig
-from cosmo_data.pipeline.record import INTERNAL_ERROR, VideoFailure, VideoRecord
+from cosmo_data.schemas.config import StageResourcesConfig
+from cosmo_data.schemas.records import INTERNAL_ERROR, VideoFailure, VideoRecord
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 import pytest
+
 from cosmo_data.cli import TINY_CONFIG
-from cosmo_data.pipeline.config import BuildConfig, ConfigError, load_config
+from cosmo_data.schemas.config import BuildConfig, ConfigError, load_config
 
 
 def test_yaml_maps_onto_config_and_overrides_win(tmp_path):

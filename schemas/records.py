@@ -140,8 +140,13 @@ class VideoRecord:
         if document is None:
             return []
         return [
-            {"image_name": f"{frame_index}.jpg", "frame_idx": self.frames[frame_index].frame_idx,
-             "t_s": self.frames[frame_index].t_s, "matched_text_index": text_index, "matched_sim": sim}
+            {
+                "image_name": f"{frame_index}.jpg",
+                "frame_idx": self.frames[frame_index].frame_idx,
+                "t_s": self.frames[frame_index].t_s,
+                "matched_text_index": text_index,
+                "matched_sim": sim,
+            }
             for frame_index, text_index, sim in zip(
                 document.image_frames, document.matched_text_index, document.matched_sim
             )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cosmo_data.pipeline.config import BuildConfig
-from cosmo_data.stages import models
-from cosmo_data.stages.models import (
+
+from cosmo_data import models
+from cosmo_data.models import (
     TINY_BLIP,
     TINY_CLIP,
     TINY_COCA,
@@ -27,6 +27,7 @@ from cosmo_data.stages.models import (
     tiny_open_clip_checkpoint,
     tiny_whisper_checkpoint,
 )
+from cosmo_data.schemas.config import BuildConfig
 
 
 @pytest.fixture
@@ -129,9 +130,7 @@ def test_creation_is_deterministic(tmp_path, monkeypatch):
     for name in ("a", "b"):
         monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / name))
         torch.manual_seed(len(made))  # the caller's random state must not matter
-        made.append(
-            (tiny_whisper_checkpoint(), tiny_open_clip_checkpoint(TINY_COCA), tiny_blip_directory())
-        )
+        made.append((tiny_whisper_checkpoint(), tiny_open_clip_checkpoint(TINY_COCA), tiny_blip_directory()))
     (whisper_a, coca_a, blip_a), (whisper_b, coca_b, blip_b) = made
     for first, second in ((whisper_a, whisper_b), (coca_a, coca_b)):
         state_a, state_b = _state(first), _state(second)
@@ -187,7 +186,7 @@ def test_hub_fetch_failure_is_a_clear_error(tmp_path):
     """Real references with no way to reach their hubs fail with one actionable message each."""
     script = textwrap.dedent(
         """
-        from cosmo_data.stages.models import ModelError, load_whisper, load_open_clip, load_hf_captioner
+        from cosmo_data.models import ModelError, load_whisper, load_open_clip, load_hf_captioner
         for load in (lambda: load_whisper("tiny", "cpu"),
                      lambda: load_open_clip("ViT-B-32", "openai", "cpu", False),
                      lambda: load_hf_captioner("Salesforce/blip-image-captioning-base", "cpu", False)):
@@ -210,9 +209,7 @@ def test_hub_fetch_failure_is_a_clear_error(tmp_path):
         "XDG_CACHE_HOME": str(tmp_path / "xdg"),
         models.CACHE_ENV: str(tmp_path / "cosmo"),
     }
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.startswith(("ERROR", "LOADED"))]
     assert len(lines) == 3, result.stdout + result.stderr
     whisper_error, clip_error, hf_error = lines

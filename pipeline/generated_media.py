@@ -34,8 +34,7 @@ SHOT_SOURCES = (
     "testsrc=size={w2}x{h2}:rate={fps},crop={w}:{h}:x='t*{w}/8':y='t*{h}/16'",
     "gradients=size={w}x{h}:rate={fps}:speed=0.02:seed={seed}:c0={c0}:c1={c1}:x0=0:y0=0:x1={w}:y1={h}",
     "smptehdbars=size={w}x{h}:rate={fps},hue=h=t*40",
-    "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}:random_fill_ratio=0.4,"
-    "colorchannelmixer=rr=0.2:gg=0.8:bb=1",
+    "cellauto=size={w}x{h}:rate={fps}:rule=30:seed={seed}:random_fill_ratio=0.4,colorchannelmixer=rr=0.2:gg=0.8:bb=1",
     "color=c=0x203050:size={w2}x{h}:rate={fps},drawbox=x={w}/2:y={h}/3:w={w}/4:h={h}/3:color=orange:t=fill,"
     "drawbox=x={w}*1.3:y={h}/2:w={w}/5:h={h}/4:color=white:t=fill,crop={w}:{h}:x='{w}/2+{w}/2*sin(t)'",
 )
@@ -106,8 +105,12 @@ class BoundaryScore:
         return 2 * p * r / (p + r) if p + r else 0.0
 
     def __add__(self, other: BoundaryScore) -> BoundaryScore:
-        return BoundaryScore(self.true_positives + other.true_positives, self.false_positives + other.false_positives,
-                             self.false_negatives + other.false_negatives, self.kinds_right + other.kinds_right)
+        return BoundaryScore(
+            self.true_positives + other.true_positives,
+            self.false_positives + other.false_positives,
+            self.false_negatives + other.false_negatives,
+            self.kinds_right + other.kinds_right,
+        )
 
 
 # A detected boundary matches a true one this close (a gradual transition has no single right frame).
@@ -119,7 +122,8 @@ def score_boundaries(truth: list[TruthBoundary], found: list[tuple[float, str]])
     TOLERANCE_S of the true boundary's kind."""
     pairs = sorted(
         (abs(t.t_s - f[0]), i, j)
-        for i, t in enumerate(truth) for j, f in enumerate(found)
+        for i, t in enumerate(truth)
+        for j, f in enumerate(found)
         if abs(t.t_s - f[0]) <= TOLERANCE_S[t.kind]
     )
     truth_used: set[int] = set()
@@ -202,13 +206,27 @@ def make_sample_video(
                 graph.append("[audio]aresample=48000,asetnsamples=n=960:p=0[audio_out]")
             maps += ["-map", "[audio_out]" if path.suffix.lower() == ".webm" else "[audio]"]
         run_ffmpeg(
-            [*inputs, "-filter_complex", ";".join(graph), *maps, "-t", f"{duration:.3f}",
-             *_codec_args(path, fps, keyframe_interval_s, audio, preset), file_arg(path)]
+            [
+                *inputs,
+                "-filter_complex",
+                ";".join(graph),
+                *maps,
+                "-t",
+                f"{duration:.3f}",
+                *_codec_args(path, fps, keyframe_interval_s, audio, preset),
+                file_arg(path),
+            ]
         )
 
     truth = GroundTruth(
-        path=str(path), duration_s=round(duration, 3), fps=float(fps), width=width, height=height,
-        has_audio=audio, boundaries=boundaries, speech=spoken,
+        path=str(path),
+        duration_s=round(duration, 3),
+        fps=float(fps),
+        width=width,
+        height=height,
+        has_audio=audio,
+        boundaries=boundaries,
+        speech=spoken,
     )
     truth.save()
     return truth
@@ -218,8 +236,9 @@ def _check_segment_lengths(segments: list[float], transitions: list[str]) -> Non
     for index, length in enumerate(segments):
         # Each neighbouring gradual transition eats TRANSITION_S (or half of it for a fade).
         neighbours = [transitions[i] for i in (index - 1, index) if 0 <= i < len(transitions)]
-        used = sum(TRANSITION_S if t in (DISSOLVE, FADEBLACK) else TRANSITION_S / 2 if t == FADE else 0
-                   for t in neighbours)
+        used = sum(
+            TRANSITION_S if t in (DISSOLVE, FADEBLACK) else TRANSITION_S / 2 if t == FADE else 0 for t in neighbours
+        )
         if length < used + 0.5:
             raise ValueError(f"segment {index} ({length} s) is too short for its transitions")
 
@@ -227,8 +246,16 @@ def _check_segment_lengths(segments: list[float], transitions: list[str]) -> Non
 def _shot_source(index: int, width: int, height: int, fps: float, seed: int) -> str:
     template = SHOT_SOURCES[(index + seed) % len(SHOT_SOURCES)]
     number = seed * 101 + index
-    return template.format(w=width, h=height, w2=2 * width, h2=2 * height, fps=fps, seed=number,
-                           c0=PALETTE[number % len(PALETTE)], c1=PALETTE[(number + 3) % len(PALETTE)])
+    return template.format(
+        w=width,
+        h=height,
+        w2=2 * width,
+        h2=2 * height,
+        fps=fps,
+        seed=number,
+        c0=PALETTE[number % len(PALETTE)],
+        c1=PALETTE[(number + 3) % len(PALETTE)],
+    )
 
 
 def _video_graph(
@@ -245,9 +272,14 @@ def _video_graph(
         # A hue turn per shot keeps repeated source kinds apart; format/fps/timebase let xfade join them.
         steps = [
             _shot_source(index, width, height, fps, seed),
-            f"trim=start={SOURCE_WARMUP_S}:duration={length}", "setpts=PTS-STARTPTS",
+            f"trim=start={SOURCE_WARMUP_S}:duration={length}",
+            "setpts=PTS-STARTPTS",
             f"hue=h={(index * 67 + seed * 29) % 360}",
-            "format=yuv420p", "setsar=1", f"fps={fps}", "settb=AVTB", *fades,
+            "format=yuv420p",
+            "setsar=1",
+            f"fps={fps}",
+            "settb=AVTB",
+            *fades,
         ]
         chains.append(",".join(steps) + f"[s{index}]")
 
@@ -257,14 +289,16 @@ def _video_graph(
         joined = f"j{index}"
         if transition in (CUT, FADE):
             chains.append(f"[{current}][s{index}]concat=n=2:v=1:a=0[{joined}]")
-            boundaries.append(TruthBoundary(round(length_so_far, 3), "cut" if transition == CUT else "gradual",
-                                            transition))
+            boundaries.append(
+                TruthBoundary(round(length_so_far, 3), "cut" if transition == CUT else "gradual", transition)
+            )
             length_so_far += segments[index]
         else:
             offset = length_so_far - TRANSITION_S
             kind = "fade" if transition == DISSOLVE else "fadeblack"
-            chains.append(f"[{current}][s{index}]xfade=transition={kind}:duration={TRANSITION_S}"
-                          f":offset={offset:.3f}[{joined}]")
+            chains.append(
+                f"[{current}][s{index}]xfade=transition={kind}:duration={TRANSITION_S}:offset={offset:.3f}[{joined}]"
+            )
             boundaries.append(TruthBoundary(round(offset + TRANSITION_S / 2, 3), "gradual", transition))
             length_so_far += segments[index] - TRANSITION_S
         current = joined
@@ -281,13 +315,15 @@ def _speak(
     at = start_s
     for index, text in enumerate(sentences):
         wav = scratch / f"sentence_{index}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "--", text],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "--", text], check=True, capture_output=True
+        )
         with wave.open(str(wav)) as handle:
             length = handle.getnframes() / handle.getframerate()
         if at + length > duration:
-            raise ValueError(f"speech does not fit: sentence {index} would end at {at + length:.1f} s "
-                             f"of a {duration:.1f} s video")
+            raise ValueError(
+                f"speech does not fit: sentence {index} would end at {at + length:.1f} s of a {duration:.1f} s video"
+            )
         spoken.append(SpokenSentence(text, round(at, 3), round(at + length, 3)))
         wavs.append(wav)
         at += length + gap_s
@@ -297,14 +333,18 @@ def _speak(
 def _audio_graph(spoken: list[SpokenSentence], duration: float) -> str:
     """[audio]: the sentences at their start times over silence, or a quiet tone without speech."""
     if not spoken:
-        return (f"sine=frequency=440:sample_rate={AUDIO_RATE},volume=0.2,"
-                f"atrim=duration={duration:.3f},aformat=channel_layouts=mono[audio]")
+        return (
+            f"sine=frequency=440:sample_rate={AUDIO_RATE},volume=0.2,"
+            f"atrim=duration={duration:.3f},aformat=channel_layouts=mono[audio]"
+        )
     parts = [f"anullsrc=r={AUDIO_RATE}:cl=mono,atrim=duration={duration:.3f}[silence]"]
     labels = ["[silence]"]
     for index, sentence in enumerate(spoken):
         delay_ms = round(sentence.start_s * 1000)
-        parts.append(f"[{index}:a]aresample={AUDIO_RATE},aformat=channel_layouts=mono,"
-                     f"adelay=delays={delay_ms}:all=1[speech{index}]")
+        parts.append(
+            f"[{index}:a]aresample={AUDIO_RATE},aformat=channel_layouts=mono,"
+            f"adelay=delays={delay_ms}:all=1[speech{index}]"
+        )
         labels.append(f"[speech{index}]")
     parts.append(f"{''.join(labels)}amix=inputs={len(labels)}:duration=first:normalize=0[audio]")
     return ";".join(parts)
@@ -329,14 +369,37 @@ def _codec_args(path: Path, fps: float, keyframe_interval_s: float, audio: bool,
 def make_audio_only(path: Path, duration_s: float = 2.0) -> Path:
     """An audio file with no video stream (the codec follows the suffix: .m4a/.mp4 AAC, .wav PCM)."""
     codec = ["-c:a", "pcm_s16le"] if path.suffix.lower() == ".wav" else ["-c:a", "aac", "-b:a", "64k"]
-    run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency=330:sample_rate={AUDIO_RATE}:duration={duration_s}",
-                *codec, file_arg(path)])
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=330:sample_rate={AUDIO_RATE}:duration={duration_s}",
+            *codec,
+            file_arg(path),
+        ]
+    )
     return path
 
 
 def make_single_frame_video(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
-    run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=25", "-frames:v", "1",
-                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", file_arg(path)])
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size[0]}x{size[1]}:rate=25",
+            "-frames:v",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            file_arg(path),
+        ]
+    )
     return path
 
 
@@ -348,9 +411,25 @@ def make_rotated_copy(source: Path, target: Path, rotation: int) -> Path:
 
 def make_vfr_video(path: Path, size: tuple[int, int] = (160, 120), duration_s: float = 3.0) -> Path:
     """Variable frame rate: 30 fps for the first second, then every third frame (10 fps)."""
-    run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=30:duration={duration_s}",
-                "-vf", "select='lt(t\\,1)+not(mod(n\\,3))'", "-fps_mode", "vfr",
-                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", file_arg(path)])
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size[0]}x{size[1]}:rate=30:duration={duration_s}",
+            "-vf",
+            "select='lt(t\\,1)+not(mod(n\\,3))'",
+            "-fps_mode",
+            "vfr",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            file_arg(path),
+        ]
+    )
     return path
 
 
@@ -406,7 +485,8 @@ def make_demo_videos(directory: Path) -> list[Path]:
     paths = []
     for seed, script in enumerate(DEMO_SCRIPTS):
         path = directory / script["name"]
-        make_sample_video(path, segments=script["segments"], transitions=script["transitions"],
-                          speech=script["speech"], seed=seed)
+        make_sample_video(
+            path, segments=script["segments"], transitions=script["transitions"], speech=script["speech"], seed=seed
+        )
         paths.append(path)
     return paths

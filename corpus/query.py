@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-from cosmo_data.schemas import TABLES
+
+from cosmo_data.schemas.tables import TABLES
 
 OutputFormat = Literal["table", "csv", "json"]
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "csv", "json")
@@ -138,8 +139,11 @@ def render_table(columns: list[str], rows: list[tuple]) -> str:
     """Aligned columns, numbers right-aligned, one header line and a row count."""
     cells = [[_display_cell(value) for value in row] for row in rows]
     numeric = [
-        all(isinstance(row[i], (int, float, Decimal)) and not isinstance(row[i], bool)
-            for row in rows if row[i] is not None)
+        all(
+            isinstance(row[i], (int, float, Decimal)) and not isinstance(row[i], bool)
+            for row in rows
+            if row[i] is not None
+        )
         for i in range(len(columns))
     ]
     widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(columns)]

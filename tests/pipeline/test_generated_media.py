@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cosmo_data.pipeline import samples
-from cosmo_data.pipeline.samples import (
+
+from cosmo_data.pipeline import generated_media as samples
+from cosmo_data.pipeline.generated_media import (
     CUT,
     DISSOLVE,
     FADE,
@@ -30,16 +31,31 @@ from cosmo_data.pipeline.samples import (
 def probe(path: Path) -> dict:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-count_frames", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out)
 
 
 def gray_frames(path: Path, size: tuple[int, int] = (64, 48)) -> np.ndarray:
     raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"scale={size[0]}:{size[1]}", "-f", "rawvideo",
-         "-pix_fmt", "gray", "-"],
-        check=True, capture_output=True,
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-vf",
+            f"scale={size[0]}:{size[1]}",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
     ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, size[1], size[0]).astype(np.float32)
 
@@ -47,7 +63,8 @@ def gray_frames(path: Path, size: tuple[int, int] = (64, 48)) -> np.ndarray:
 def pcm(path: Path, rate: int = 16000) -> np.ndarray:
     raw = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "-"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     return np.frombuffer(raw, np.int16).astype(np.float32)
 
@@ -56,7 +73,11 @@ def pcm(path: Path, rate: int = 16000) -> np.ndarray:
 def shots(tmp_path_factory) -> GroundTruth:
     path = tmp_path_factory.mktemp("samples") / "shots.mp4"
     return make_sample_video(
-        path, segments=[2.0, 2.5, 2.5, 2.0], transitions=[CUT, DISSOLVE, FADE], size=(160, 120), fps=20,
+        path,
+        segments=[2.0, 2.5, 2.5, 2.0],
+        transitions=[CUT, DISSOLVE, FADE],
+        size=(160, 120),
+        fps=20,
         speech=["Hello there.", "Cut the bread."],
     )
 
@@ -72,7 +93,9 @@ def test_video_matches_its_ground_truth(shots):
     assert float(info["format"]["duration"]) == pytest.approx(8.0, abs=0.05)
     assert int(video["nb_read_frames"]) == 160
     assert [(b.t_s, b.kind, b.transition) for b in shots.boundaries] == [
-        (2.0, "cut", CUT), (4.0, "gradual", DISSOLVE), (6.0, "gradual", FADE)
+        (2.0, "cut", CUT),
+        (4.0, "gradual", DISSOLVE),
+        (6.0, "gradual", FADE),
     ]
     assert GroundTruth.load(Path(shots.path)) == shots
     assert json.loads(ground_truth_path(Path(shots.path)).read_text())["duration_s"] == 8.0
@@ -83,7 +106,7 @@ def test_pictures_change_where_the_ground_truth_says(shots):
     frames = gray_frames(Path(shots.path))
     change = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2))  # change[i]: frame i -> i + 1
     cut = 2 * fps
-    assert change[cut - 1] > 4 * np.median(change[:cut - 1])  # the hard cut is one big step
+    assert change[cut - 1] > 4 * np.median(change[: cut - 1])  # the hard cut is one big step
     # The dissolve (3.5-4.5 s) blends: its middle frame sits between the frames at its two ends.
     start, middle, end = frames[round(3.5 * fps) - 1], frames[4 * fps], frames[round(4.5 * fps)]
     assert np.abs(middle - (start + end) / 2).mean() < 0.5 * np.abs(end - start).mean()
@@ -100,7 +123,7 @@ def test_speech_is_where_the_ground_truth_says(shots):
     assert first.start_s == 0.5 and second.start_s == pytest.approx(first.end_s + 0.8, abs=0.002)
 
     def rms(start_s: float, end_s: float) -> float:
-        return float(np.sqrt(np.mean(audio[int(start_s * 16000):int(end_s * 16000)] ** 2)))
+        return float(np.sqrt(np.mean(audio[int(start_s * 16000) : int(end_s * 16000)] ** 2)))
 
     silence = rms(0.0, 0.45)
     assert silence < 50
@@ -113,7 +136,7 @@ def test_fadeblack_dips_to_black_and_tone_without_speech(tmp_path):
     truth = make_sample_video(tmp_path / "fb.mkv", segments=[2.0, 2.0], transitions=[FADEBLACK], size=(64, 48))
     assert truth.duration_s == pytest.approx(3.0) and truth.boundaries[0].t_s == pytest.approx(1.5)
     brightness = gray_frames(tmp_path / "fb.mkv").mean(axis=(1, 2))
-    assert brightness[round(1.2 * 25):round(1.8 * 25)].min() < 15
+    assert brightness[round(1.2 * 25) : round(1.8 * 25)].min() < 15
     tone = pcm(tmp_path / "fb.mkv")
     assert np.sqrt(np.mean(tone[:8000] ** 2)) > 300 and np.sqrt(np.mean(tone[-8000:] ** 2)) > 300  # a tone, not silence
     assert probe(tmp_path / "fb.mkv")["format"]["format_name"] == "matroska,webm"
@@ -156,8 +179,21 @@ def test_odd_media(tmp_path):
 
     vfr = make_vfr_video(tmp_path / "vfr.mp4", duration_s=3.0)
     times = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time",
-         "-of", "default=nw=1:nk=1", str(vfr)], check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "default=nw=1:nk=1",
+            str(vfr),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     gaps = np.round(np.diff([float(t) for t in times]), 3)
     assert set(gaps) >= {0.033, 0.1}  # 30 fps first, then 10 fps

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from cosmo_data.pipeline.query import QueryError, connect, parquet_scan, table_files
+
+from cosmo_data.corpus.query import QueryError, connect, parquet_scan, table_files
 
 MAX_FAILED_LISTED = 200
 
@@ -187,8 +188,11 @@ def _document_html(document: dict[str, Any], images: dict[tuple[str, int], bytes
     order = sorted(range(n), key=lambda i: (document["sentence_start_s"][i], i))
     for i in order:
         add_images(i)
-        items.append(_sentence_html(texts[i], document["sentence_start_s"][i], document["sentence_end_s"][i],
-                                    document["sentence_source"][i]))
+        items.append(
+            _sentence_html(
+                texts[i], document["sentence_start_s"][i], document["sentence_end_s"][i], document["sentence_source"][i]
+            )
+        )
     add_images(n)
     duration = format_time(document["duration_s"]) if document["duration_s"] is not None else "?"
     meta = (
@@ -207,7 +211,7 @@ def _failed_html(failed: list[dict[str, Any]], failed_total: int) -> str:
     if not failed_total:
         return "<section><h2>Failed videos</h2><p>None.</p></section>"
     rows = "".join(
-        f'<tr><td>{_esc(f["video_id"])}</td><td>{_esc(f["source"])}</td>'
+        f"<tr><td>{_esc(f['video_id'])}</td><td>{_esc(f['source'])}</td>"
         f'<td class="status">{_esc(f["status"])}</td><td><pre>{_esc(f["error"])}</pre></td></tr>'
         for f in failed
     )
@@ -250,7 +254,7 @@ def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = N
         f"<h1>cosmo-data preview</h1>"
         f'<p class="summary">{_esc(str(out))} · {len(documents)} documents shown{_esc(condition)} · '
         f"{failed_total} failed videos</p>"
-        f'{"".join(articles) or "<p>No documents match.</p>"}'
+        f"{''.join(articles) or '<p>No documents match.</p>'}"
         f"{_failed_html(failed, failed_total)}</body></html>\n"
     )
     dest_html.parent.mkdir(parents=True, exist_ok=True)

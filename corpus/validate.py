@@ -30,9 +30,10 @@ import av
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cosmo_data.pipeline.query import QueryError, connect, table_files
-from cosmo_data.schemas import TABLES
 from PIL import Image
+
+from cosmo_data.corpus.query import QueryError, connect, table_files
+from cosmo_data.schemas.tables import TABLES
 
 STATE_DIR = "_state"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -113,10 +114,18 @@ def check_groups(out: Path, run: dict[str, Any], formats: list[str], report: Val
         missing = [str(path) for path in wanted if not (out / path).is_file()]
         if missing:
             report.problem(f"group {group} is marked done but lacks {_ids(missing)}")
-    stray = [str(p.relative_to(out)) for table in TABLES for p in table_files(out, table)
-             if p.stem.removeprefix("part-") not in done]
-    stray += [str(p.relative_to(out)) for fmt in formats for p in sorted((out / "shards" / fmt).glob("*.tar"))
-              if p.stem not in done]
+    stray = [
+        str(p.relative_to(out))
+        for table in TABLES
+        for p in table_files(out, table)
+        if p.stem.removeprefix("part-") not in done
+    ]
+    stray += [
+        str(p.relative_to(out))
+        for fmt in formats
+        for p in sorted((out / "shards" / fmt).glob("*.tar"))
+        if p.stem not in done
+    ]
     stray += [str(p.relative_to(out)) for p in sorted(out.rglob(".tmp-*"))]
     if stray:
         report.problem(f"files outside any finished group (left by an interrupted build?): {_ids(stray)}")
@@ -136,8 +145,10 @@ def _schema_difference(actual: pa.Schema, expected: pa.Schema) -> list[str]:
         if not found.type.equals(wanted.type):
             differences.append(f"column {wanted.name} is {found.type}, expected {wanted.type}")
         elif found.nullable != wanted.nullable:
-            differences.append(f"column {wanted.name} is {'nullable' if found.nullable else 'required'}, "
-                               f"expected {'nullable' if wanted.nullable else 'required'}")
+            differences.append(
+                f"column {wanted.name} is {'nullable' if found.nullable else 'required'}, "
+                f"expected {'nullable' if wanted.nullable else 'required'}"
+            )
     differences += [f"unexpected column {name}" for name in actual.names if name not in expected.names]
     return differences
 
@@ -163,35 +174,53 @@ def check_table_files(out: Path, report: ValidationReport) -> bool:
 
 # Each query returns (id, detail) rows that are problems; the message is built from the ids.
 CONSISTENCY_CHECKS: list[tuple[str, str]] = [
-    ("video_id appears more than once in videos",
-     "SELECT video_id, count(*) FROM videos GROUP BY video_id HAVING count(*) > 1"),
-    ("doc_id appears more than once in documents",
-     "SELECT doc_id, count(*) FROM documents GROUP BY doc_id HAVING count(*) > 1"),
-    ("ok videos without a document",
-     "SELECT video_id, NULL FROM videos WHERE status = 'ok' "
-     "AND video_id NOT IN (SELECT video_id FROM documents)"),
-    ("documents whose video is not an ok video",
-     "SELECT doc_id, NULL FROM documents WHERE video_id NOT IN (SELECT video_id FROM videos WHERE status = 'ok')"),
-    ("documents whose doc_id differs from video_id",
-     "SELECT doc_id, video_id FROM documents WHERE doc_id <> video_id"),
-    ("documents whose sentence lists differ in length",
-     "SELECT doc_id, NULL FROM documents WHERE len(sentence_start_s) <> len(text_list) "
-     "OR len(sentence_end_s) <> len(text_list) OR len(sentence_source) <> len(text_list)"),
-    ("documents whose similarity_matrix is not images x sentences",
-     "SELECT doc_id, NULL FROM documents WHERE len(similarity_matrix) <> len(image_info) "
-     "OR EXISTS (SELECT 1 FROM unnest(similarity_matrix) AS r(row) WHERE len(row) <> len(text_list))"),
-    ("documents with an image matched to a sentence that does not exist",
-     "SELECT doc_id, NULL FROM documents WHERE EXISTS (SELECT 1 FROM unnest(image_info) AS i(info) "
-     "WHERE info.matched_text_index < 0 OR info.matched_text_index >= len(text_list))"),
-    ("ok videos whose n_clips differs from their clips rows",
-     "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM clips GROUP BY ALL) c "
-     "USING (video_id) WHERE v.status = 'ok' AND v.n_clips <> coalesce(c.n, 0)"),
-    ("ok videos whose n_frames differs from their frames rows",
-     "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM frames GROUP BY ALL) f "
-     "USING (video_id) WHERE v.status = 'ok' AND v.n_frames <> coalesce(f.n, 0)"),
-    ("ok videos whose n_segments differs from their transcripts rows",
-     "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM transcripts "
-     "GROUP BY ALL) t USING (video_id) WHERE v.status = 'ok' AND v.n_segments <> coalesce(t.n, 0)"),
+    (
+        "video_id appears more than once in videos",
+        "SELECT video_id, count(*) FROM videos GROUP BY video_id HAVING count(*) > 1",
+    ),
+    (
+        "doc_id appears more than once in documents",
+        "SELECT doc_id, count(*) FROM documents GROUP BY doc_id HAVING count(*) > 1",
+    ),
+    (
+        "ok videos without a document",
+        "SELECT video_id, NULL FROM videos WHERE status = 'ok' AND video_id NOT IN (SELECT video_id FROM documents)",
+    ),
+    (
+        "documents whose video is not an ok video",
+        "SELECT doc_id, NULL FROM documents WHERE video_id NOT IN (SELECT video_id FROM videos WHERE status = 'ok')",
+    ),
+    ("documents whose doc_id differs from video_id", "SELECT doc_id, video_id FROM documents WHERE doc_id <> video_id"),
+    (
+        "documents whose sentence lists differ in length",
+        "SELECT doc_id, NULL FROM documents WHERE len(sentence_start_s) <> len(text_list) "
+        "OR len(sentence_end_s) <> len(text_list) OR len(sentence_source) <> len(text_list)",
+    ),
+    (
+        "documents whose similarity_matrix is not images x sentences",
+        "SELECT doc_id, NULL FROM documents WHERE len(similarity_matrix) <> len(image_info) "
+        "OR EXISTS (SELECT 1 FROM unnest(similarity_matrix) AS r(row) WHERE len(row) <> len(text_list))",
+    ),
+    (
+        "documents with an image matched to a sentence that does not exist",
+        "SELECT doc_id, NULL FROM documents WHERE EXISTS (SELECT 1 FROM unnest(image_info) AS i(info) "
+        "WHERE info.matched_text_index < 0 OR info.matched_text_index >= len(text_list))",
+    ),
+    (
+        "ok videos whose n_clips differs from their clips rows",
+        "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM clips GROUP BY ALL) c "
+        "USING (video_id) WHERE v.status = 'ok' AND v.n_clips <> coalesce(c.n, 0)",
+    ),
+    (
+        "ok videos whose n_frames differs from their frames rows",
+        "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM frames GROUP BY ALL) f "
+        "USING (video_id) WHERE v.status = 'ok' AND v.n_frames <> coalesce(f.n, 0)",
+    ),
+    (
+        "ok videos whose n_segments differs from their transcripts rows",
+        "SELECT v.video_id, NULL FROM videos v LEFT JOIN (SELECT video_id, count(*) AS n FROM transcripts "
+        "GROUP BY ALL) t USING (video_id) WHERE v.status = 'ok' AND v.n_segments <> coalesce(t.n, 0)",
+    ),
 ]
 
 
@@ -222,15 +251,16 @@ def check_tables(out: Path, report: ValidationReport) -> TableFacts | None:
             if rows:
                 report.problem(f"{_plural(len(rows), 'case')} of {description}: {_ids(str(r[0]) for r in rows)}")
         report.counts["videos"] = connection.execute("SELECT count(*) FROM videos").fetchone()[0]
-        report.counts["videos_ok"] = connection.execute(
-            "SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
+        report.counts["videos_ok"] = connection.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
         doc_ids = {row[0] for row in connection.execute("SELECT doc_id FROM documents").fetchall()}
-        expected = {fmt: {row[0] for row in connection.execute(sql).fetchall()}
-                    for fmt, sql in EXPECTED_SAMPLES.items()}
+        expected = {
+            fmt: {row[0] for row in connection.execute(sql).fetchall()} for fmt, sql in EXPECTED_SAMPLES.items()
+        }
         frame_indices = {
             video_id: set(indices)
             for video_id, indices in connection.execute(
-                "SELECT video_id, list(frame_idx) FROM frames GROUP BY video_id").fetchall()
+                "SELECT video_id, list(frame_idx) FROM frames GROUP BY video_id"
+            ).fetchall()
         }
     except duckdb.Error as exc:
         report.problem(f"tables cannot be queried together: {exc}")
@@ -294,8 +324,9 @@ def _json_member(members: dict[str, bytes], where: str, report: ValidationReport
     return value
 
 
-def check_native_sample(key: str, members: dict[str, bytes], where: str, facts: TableFacts | None,
-                        report: ValidationReport) -> None:
+def check_native_sample(
+    key: str, members: dict[str, bytes], where: str, facts: TableFacts | None, report: ValidationReport
+) -> None:
     meta = _json_member(members, where, report)
     if meta is None:
         return
@@ -307,13 +338,15 @@ def check_native_sample(key: str, members: dict[str, bytes], where: str, facts: 
         report.problem(f"{where}: json names images that are not members: {_ids(absent)}")
     if facts is None:
         return
-    indices = {int(ext.partition(".")[0]) for ext in members
-               if ext.endswith(".jpg") and ext.partition(".")[0].isdigit()}
+    indices = {
+        int(ext.partition(".")[0]) for ext in members if ext.endswith(".jpg") and ext.partition(".")[0].isdigit()
+    }
     expected = facts.frame_indices.get(str(meta.get("video_id", key)), set())
     if indices != expected:
         missing, extra = sorted(expected - indices), sorted(indices - expected)
         parts = ([f"no image for frame_idx {_ids(missing)}"] if missing else []) + (
-            [f"images for frame_idx {_ids(extra)} that the frames table lacks"] if extra else [])
+            [f"images for frame_idx {_ids(extra)} that the frames table lacks"] if extra else []
+        )
         report.problem(f"{where}: keyframe members do not match the frames table: {'; '.join(parts)}")
 
 
@@ -345,8 +378,10 @@ def check_mmc4_sample(key: str, members: dict[str, bytes], where: str, report: V
         if reason:
             report.problem(f"{label} image_base64 does not decode as an image: {reason}")
     matrix = document.get("similarity_matrix")
-    if not isinstance(matrix, list) or len(matrix) != len(infos) or any(
-        not isinstance(row, list) or len(row) != len(texts) for row in matrix
+    if (
+        not isinstance(matrix, list)
+        or len(matrix) != len(infos)
+        or any(not isinstance(row, list) or len(row) != len(texts) for row in matrix)
     ):
         report.problem(f"{where}: similarity_matrix is not {len(infos)} images x {len(texts)} sentences")
 
@@ -363,9 +398,13 @@ def check_cosmo_sample(key: str, members: dict[str, bytes], where: str, report: 
             clips = json.loads(meta.get("clips", ""))
         except (TypeError, ValueError):
             clips = None
-        if not isinstance(clips, list) or not clips or not all(
-            isinstance(c, dict) and CLIP_SPAN.match(str(c.get("clip", ""))) and isinstance(c.get("caption"), str)
-            for c in clips
+        if (
+            not isinstance(clips, list)
+            or not clips
+            or not all(
+                isinstance(c, dict) and CLIP_SPAN.match(str(c.get("clip", ""))) and isinstance(c.get("caption"), str)
+                for c in clips
+            )
         ):
             report.problem(f'{where}: json "clips" is not a JSON list of {{"clip": "H:MM:SS - H:MM:SS", "caption"}}')
     if "mp4" not in members:
@@ -434,13 +473,15 @@ def check_format(out: Path, fmt: str, facts: TableFacts | None, report: Validati
             report.problem(f"shards/{fmt}/{name} is not listed in sizes.json")
         for name in sorted(set(sizes) & set(actual)):
             if sizes[name] != actual[name]:
-                report.problem(f"shards/{fmt}/sizes.json says {name} holds {sizes[name]} samples; "
-                               f"it holds {actual[name]}")
+                report.problem(
+                    f"shards/{fmt}/sizes.json says {name} holds {sizes[name]} samples; it holds {actual[name]}"
+                )
     duplicated = [key for key, n in keys.items() if n > 1]
     if duplicated:
         verb = "appears" if len(duplicated) == 1 else "appear"
-        report.problem(f"{fmt}: {_plural(len(duplicated), 'document')} {verb} in more than one sample: "
-                       f"{_ids(duplicated)}")
+        report.problem(
+            f"{fmt}: {_plural(len(duplicated), 'document')} {verb} in more than one sample: {_ids(duplicated)}"
+        )
     if facts is not None:
         missing = facts.expected.get(fmt, facts.doc_ids) - set(keys)
         extra = set(keys) - facts.doc_ids
@@ -481,10 +522,14 @@ def check_counts_agree(per_format: dict[str, int], facts: TableFacts | None, rep
 
 def format_report(report: ValidationReport) -> str:
     counts = report.counts
-    facts = [f"{counts.get('groups', 0)} groups", f"{counts.get('videos', 0)} videos ({counts.get('videos_ok', 0)} ok)",
-             f"{counts.get('documents', 0)} documents"]
-    facts += [f"{name.removeprefix('samples.')} {n} samples"
-              for name, n in counts.items() if name.startswith("samples.")]
+    facts = [
+        f"{counts.get('groups', 0)} groups",
+        f"{counts.get('videos', 0)} videos ({counts.get('videos_ok', 0)} ok)",
+        f"{counts.get('documents', 0)} documents",
+    ]
+    facts += [
+        f"{name.removeprefix('samples.')} {n} samples" for name, n in counts.items() if name.startswith("samples.")
+    ]
     facts.append(f"{counts.get('images_decoded', 0)} images decoded")
     verdict = "valid" if report.ok else f"INVALID: {_plural(len(report.problems), 'problem')}"
     lines = [f"{report.out}: {verdict}", "  " + " · ".join(facts)]

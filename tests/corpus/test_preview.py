@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 from corpus_factory import Corpus, build_corpus, failed_record, ok_record, write_corpus
-from cosmo_data.pipeline.preview import PreviewResult, format_time, write_preview
-from cosmo_data.pipeline.query import QueryError
-from cosmo_data.pipeline.record import DOWNLOAD_FAILED
 from PIL import Image, ImageStat
+
+from cosmo_data.corpus.preview import PreviewResult, format_time, write_preview
+from cosmo_data.corpus.query import QueryError
+from cosmo_data.schemas.records import DOWNLOAD_FAILED
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -65,11 +66,25 @@ class Chromium:
             os.dup2(write_end, 4)
 
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-pipe", f"--user-data-dir={profile_dir}", "about:blank"],
-            preexec_fn=attach_pipes, pass_fds=(3, 4), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile_dir}",
+                "about:blank",
+            ],
+            preexec_fn=attach_pipes,
+            pass_fds=(3, 4),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(to_browser_read)
         os.close(from_browser_write)
@@ -80,8 +95,11 @@ class Chromium:
         self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
 
     def _receive(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
@@ -227,8 +245,13 @@ def test_sentences_run_in_time_order_with_each_image_before_its_matched_sentence
                     frame = record.frames[k]
                     expected.append({"image": f"keyframe {frame.frame_idx} at {format_time(frame.t_s)}"})
             sentence = document.sentences[i]
-            expected.append({"sentence": sentence.text, "source": "ASR" if sentence.source == "asr" else "caption",
-                             "time": f"{format_time(sentence.start_s)}–{format_time(sentence.end_s)}"})
+            expected.append(
+                {
+                    "sentence": sentence.text,
+                    "source": "ASR" if sentence.source == "asr" else "caption",
+                    "time": f"{format_time(sentence.start_s)}–{format_time(sentence.end_s)}",
+                }
+            )
         for item, want in zip(page["items"], expected, strict=True):
             if "image" in want:
                 assert item["image"].startswith(want["image"] + " · sim ")

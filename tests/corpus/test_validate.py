@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import Corpus, build_corpus
-from cosmo_data.pipeline.validate import format_report, validate
+
+from cosmo_data.corpus.validate import format_report, validate
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,7 @@ def test_a_keyframe_missing_from_a_native_shard(out):
     report = validate(out)
     assert report.problems == [
         "shards/native/000000.tar: vid001_b: json names images that are not members: 1.jpg",
-        "shards/native/000000.tar: vid001_b: keyframe members do not match the frames table: "
-        "no image for frame_idx 1",
+        "shards/native/000000.tar: vid001_b: keyframe members do not match the frames table: no image for frame_idx 1",
     ]
     assert not report.ok
     text = format_report(report)
@@ -104,8 +104,7 @@ def test_a_document_twice_in_a_format(out):
 
 
 def test_an_image_that_does_not_decode(out):
-    rewrite_tar(out / "shards/native/000001.tar",
-                lambda name, data: data[:200] if name == "vid003_d.0.jpg" else data)
+    rewrite_tar(out / "shards/native/000001.tar", lambda name, data: data[:200] if name == "vid003_d.0.jpg" else data)
     problems = validate(out).problems
     assert len(problems) == 1
     assert problems[0].startswith("shards/native/000001.tar: vid003_d.0.jpg does not decode as an image: OSError")
@@ -125,7 +124,8 @@ def test_mmc4_image_base64_that_does_not_decode(out):
     assert len(problems) == 2
     assert problems[0].startswith("shards/mmc4/000000.tar: vid000_a: image_info[0] image_base64 is not base64")
     assert problems[1].startswith(
-        "shards/mmc4/000000.tar: vid000_a: image_info[1] image_base64 does not decode as an image")
+        "shards/mmc4/000000.tar: vid000_a: image_info[1] image_base64 does not decode as an image"
+    )
 
 
 def test_a_cosmo_mp4_that_does_not_open(out):

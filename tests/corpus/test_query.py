@@ -6,8 +6,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import build_corpus
-from cosmo_data.pipeline.query import QueryError, connect, run_query
-from cosmo_data.schemas import TABLES
+
+from cosmo_data.corpus.query import QueryError, connect, run_query
+from cosmo_data.schemas.tables import TABLES
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,9 @@ def test_csv_output_parses_back_with_nested_values_as_json(corpus):
 
 
 def test_json_output_keeps_types(corpus):
-    text = run_query(corpus.out, "SELECT doc_id, text_list, image_info, n_tokens FROM documents ORDER BY doc_id",
-                     "json")
+    text = run_query(
+        corpus.out, "SELECT doc_id, text_list, image_info, n_tokens FROM documents ORDER BY doc_id", "json"
+    )
     documents = json.loads(text)
     record = corpus.records[0]
     assert documents[0]["doc_id"] == record.video_id

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cosmo_data.pipeline.config import BuildConfig, StageResourcesConfig
+from cosmo_data.schemas.config import BuildConfig, StageResourcesConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: the build's driver never needs it
     import torch
@@ -387,5 +387,3 @@ def download_models(config: BuildConfig) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Running a model over a batch of records
-
-

@@ -1,0 +1,1 @@
+"""The bundled COSMO-style pretraining runner (cosmo-data train)."""
