@@ -143,8 +143,8 @@ def preview(
 @app.command()
 def validate(out: Annotated[Path, typer.Argument(help="a built corpus")]) -> None:
     """Check shards, sizes.json and tables against the schemas and each other."""
-    from cosmo_data.corpus.validate import format_report
     from cosmo_data.corpus.validate import validate as run_validate
+    from cosmo_data.corpus.validation_report import format_report
 
     _require_corpus(out)
     report = run_validate(out)

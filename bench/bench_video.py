@@ -29,7 +29,7 @@ import av
 
 from cosmo_data.pipeline import generated_media as samples
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.stages.decode import cut_clip_mp4s, decode_pass
+from cosmo_data.stages.decode import decode_pass
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 TARGET_RATIO = 1.3
@@ -116,14 +116,12 @@ def time_detect(video: Path) -> tuple[Timer, int]:
 
 def time_decode(video: Path) -> tuple[Timer, dict]:
     """The CPU stage's work on a local file as a build does it with every shard format on: the one
-    decode pass (writing the small copy the cosmo clips come from), then cutting the clip mp4s. Its CPU
-    seconds include the scene detection process beside the decoder."""
+    decode pass, writing the cosmo video as it goes. Its CPU seconds include the scene detection
+    process beside the decoder."""
     config = BuildConfig()
     timer = Timer(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="cosmo_bench_") as scratch, timer:
-        clip_source = Path(scratch) / "clips-source.mp4"
-        decoded = decode_pass(video, config, str(video), clip_video=clip_source)
-        clip_videos = cut_clip_mp4s(clip_source, decoded.clips, config.video.clip_fps)
+        decoded = decode_pass(video, config, str(video), cosmo_video=Path(scratch) / "cosmo.mp4")
     found = [(clip.start_s, clip.boundary) for clip in decoded.clips[1:] if clip.boundary != "split"]
     score = samples.score_boundaries(samples.GroundTruth.load(video).boundaries, found)
     return timer, {
@@ -132,7 +130,7 @@ def time_decode(video: Path) -> tuple[Timer, dict]:
         "keyframe_candidates_encoded": decoded.candidates_encoded,
         "clips": len(decoded.clips),
         "keyframes": len(decoded.frames),
-        "clip_mp4s": len(clip_videos),
+        "cosmo_clips_listed": len(decoded.cosmo_video.spans),
         "audio_s": round(len(decoded.audio_pcm or b"") / 2 / 16000, 2),
         "boundary_f1": round(score.f1, 3),
         "boundary_precision": round(score.precision, 3),

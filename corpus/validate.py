@@ -13,63 +13,20 @@ What is checked:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import math
-import re
-import tarfile
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from cosmo_data.corpus.query import QueryError, connect, table_files
+from cosmo_data.corpus.validate_shards import check_format
+from cosmo_data.corpus.validation_report import TableFacts, ValidationReport, ids, plural
+from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.tables import TABLES
-
-STATE_DIR = "_state"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-# Ids listed in one message before "(+N more)".
-IDS_SHOWN = 5
-# Problems printed by format_report; the report object keeps them all.
-PROBLEMS_SHOWN = 50
-
-
-@dataclass
-class ValidationReport:
-    out: Path
-    problems: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def problem(self, message: str) -> None:
-        self.problems.append(message)
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.counts[name] = self.counts.get(name, 0) + n
-
-
-def _ids(values: Any) -> str:
-    """Sorted values (all str or all int), the first few of them."""
-    values = [str(v) for v in sorted(values)]
-    shown = ", ".join(values[:IDS_SHOWN])
-    return shown + (f" (+{len(values) - IDS_SHOWN} more)" if len(values) > IDS_SHOWN else "")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
 
 # ---- build state ------------------------------------------------------------------------------------
 
@@ -105,15 +62,15 @@ def check_groups(out: Path, run: dict[str, Any], formats: list[str], report: Val
         unfinished = expected - done
         if unfinished:
             report.problem(
-                f"build incomplete: {_plural(len(unfinished), 'group')} of {len(expected)} not finished "
-                f"({_ids(unfinished)}); rerun `cosmo-data build` with the same --out to finish"
+                f"build incomplete: {plural(len(unfinished), 'group')} of {len(expected)} not finished "
+                f"({ids(unfinished)}); rerun `cosmo-data build` with the same --out to finish"
             )
     for group in sorted(done):
         wanted = [Path(table) / f"part-{group}.parquet" for table in TABLES]
         wanted += [Path("shards") / fmt / f"{group}.tar" for fmt in formats]
         missing = [str(path) for path in wanted if not (out / path).is_file()]
         if missing:
-            report.problem(f"group {group} is marked done but lacks {_ids(missing)}")
+            report.problem(f"group {group} is marked done but lacks {ids(missing)}")
     stray = [
         str(p.relative_to(out))
         for table in TABLES
@@ -128,7 +85,7 @@ def check_groups(out: Path, run: dict[str, Any], formats: list[str], report: Val
     ]
     stray += [str(p.relative_to(out)) for p in sorted(out.rglob(".tmp-*"))]
     if stray:
-        report.problem(f"files outside any finished group (left by an interrupted build?): {_ids(stray)}")
+        report.problem(f"files outside any finished group (left by an interrupted build?): {ids(stray)}")
     return done
 
 
@@ -229,15 +186,6 @@ CONSISTENCY_CHECKS: list[tuple[str, str]] = [
 EXPECTED_SAMPLES: dict[str, str] = {fmt: "SELECT doc_id FROM documents" for fmt in ("native", "mmc4", "cosmo")}
 
 
-@dataclass
-class TableFacts:
-    """What the shard checks need from the tables."""
-
-    doc_ids: set[str]
-    expected: dict[str, set[str]]  # format -> doc_ids it must hold
-    frame_indices: dict[str, set[int]]  # video_id -> frames.frame_idx
-
-
 def check_tables(out: Path, report: ValidationReport) -> TableFacts | None:
     """Cross-table consistency through DuckDB; None when the tables cannot be queried."""
     try:
@@ -249,7 +197,7 @@ def check_tables(out: Path, report: ValidationReport) -> TableFacts | None:
         for description, sql in CONSISTENCY_CHECKS:
             rows = connection.execute(sql).fetchall()
             if rows:
-                report.problem(f"{_plural(len(rows), 'case')} of {description}: {_ids(str(r[0]) for r in rows)}")
+                report.problem(f"{plural(len(rows), 'case')} of {description}: {ids(str(r[0]) for r in rows)}")
         report.counts["videos"] = connection.execute("SELECT count(*) FROM videos").fetchone()[0]
         report.counts["videos_ok"] = connection.execute("SELECT count(*) FROM videos WHERE status = 'ok'").fetchone()[0]
         doc_ids = {row[0] for row in connection.execute("SELECT doc_id FROM documents").fetchall()}
@@ -272,224 +220,6 @@ def check_tables(out: Path, report: ValidationReport) -> TableFacts | None:
 
 
 # ---- shards -----------------------------------------------------------------------------------------
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """webdataset's split: the key is the basename up to its first dot, the rest is the extension."""
-    directory, _, base = name.rpartition("/")
-    key, _, ext = base.partition(".")
-    return (f"{directory}/{key}" if directory else key), ext
-
-
-def iter_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) per run of consecutive members sharing a key, in tar order."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            member_key, ext = split_member(member.name)
-            if member_key != key:
-                if key is not None:
-                    yield key, members
-                key, members = member_key, {}
-            members[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, members
-
-
-def decode_problem(data: bytes) -> str | None:
-    """None when the bytes decode as an image, else PIL's reason."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as exc:  # PIL raises many types for bad data; each is a finding, not a crash
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _json_member(members: dict[str, bytes], where: str, report: ValidationReport) -> dict[str, Any] | None:
-    if "json" not in members:
-        report.problem(f"{where}: no .json member")
-        return None
-    try:
-        value = json.loads(members["json"])
-    except ValueError as exc:
-        report.problem(f"{where}: .json does not parse: {exc}")
-        return None
-    if not isinstance(value, dict):
-        report.problem(f"{where}: .json is not an object")
-        return None
-    return value
-
-
-def check_native_sample(
-    key: str, members: dict[str, bytes], where: str, facts: TableFacts | None, report: ValidationReport
-) -> None:
-    meta = _json_member(members, where, report)
-    if meta is None:
-        return
-    if meta.get("doc_id") != key:
-        report.problem(f"{where}: json doc_id {meta.get('doc_id')!r} differs from the member key")
-    named = {entry.get("image_name") for entry in meta.get("frames", []) + meta.get("image_info", [])}
-    absent = {str(name) for name in named if name not in members}
-    if absent:
-        report.problem(f"{where}: json names images that are not members: {_ids(absent)}")
-    if facts is None:
-        return
-    indices = {
-        int(ext.partition(".")[0]) for ext in members if ext.endswith(".jpg") and ext.partition(".")[0].isdigit()
-    }
-    expected = facts.frame_indices.get(str(meta.get("video_id", key)), set())
-    if indices != expected:
-        missing, extra = sorted(expected - indices), sorted(indices - expected)
-        parts = ([f"no image for frame_idx {_ids(missing)}"] if missing else []) + (
-            [f"images for frame_idx {_ids(extra)} that the frames table lacks"] if extra else []
-        )
-        report.problem(f"{where}: keyframe members do not match the frames table: {'; '.join(parts)}")
-
-
-def check_mmc4_sample(key: str, members: dict[str, bytes], where: str, report: ValidationReport) -> None:
-    document = _json_member(members, where, report)
-    if document is None:
-        return
-    texts = document.get("text_list")
-    infos = document.get("image_info")
-    if not isinstance(texts, list) or not isinstance(infos, list):
-        report.problem(f"{where}: json lacks text_list or image_info lists")
-        return
-    for position, info in enumerate(infos):
-        label = f"{where}: image_info[{position}]"
-        index = info.get("matched_text_index")
-        if not isinstance(index, int) or not 0 <= index < len(texts):
-            report.problem(f"{label} matched_text_index {index!r} is not a sentence index (0..{len(texts) - 1})")
-        encoded = info.get("image_base64")
-        if not isinstance(encoded, str) or not encoded:
-            report.problem(f"{label} has no image_base64")
-            continue
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            report.problem(f"{label} image_base64 is not base64: {exc}")
-            continue
-        reason = decode_problem(data)
-        report.add("images_decoded")
-        if reason:
-            report.problem(f"{label} image_base64 does not decode as an image: {reason}")
-    matrix = document.get("similarity_matrix")
-    if (
-        not isinstance(matrix, list)
-        or len(matrix) != len(infos)
-        or any(not isinstance(row, list) or len(row) != len(texts) for row in matrix)
-    ):
-        report.problem(f"{where}: similarity_matrix is not {len(infos)} images x {len(texts)} sentences")
-
-
-CLIP_SPAN = re.compile(r"^\d+:\d\d:\d\d - \d+:\d\d:\d\d$")
-
-
-def check_cosmo_sample(key: str, members: dict[str, bytes], where: str, report: ValidationReport) -> None:
-    """COSMO's loader reads `json["clips"]`, itself a JSON string of [{clip: "H:MM:SS - H:MM:SS", caption}],
-    and the mp4."""
-    meta = _json_member(members, where, report)
-    if meta is not None:
-        try:
-            clips = json.loads(meta.get("clips", ""))
-        except (TypeError, ValueError):
-            clips = None
-        if (
-            not isinstance(clips, list)
-            or not clips
-            or not all(
-                isinstance(c, dict) and CLIP_SPAN.match(str(c.get("clip", ""))) and isinstance(c.get("caption"), str)
-                for c in clips
-            )
-        ):
-            report.problem(f'{where}: json "clips" is not a JSON list of {{"clip": "H:MM:SS - H:MM:SS", "caption"}}')
-    if "mp4" not in members:
-        report.problem(f"{where}: no .mp4 member")
-        return
-    try:
-        with av.open(io.BytesIO(members["mp4"])) as container:
-            if not container.streams.video:
-                report.problem(f"{where}.mp4 has no video stream")
-    except av.FFmpegError as exc:
-        report.problem(f"{where}.mp4 does not open: {exc}")
-
-
-def _read_sizes(shard_dir: Path, fmt: str, report: ValidationReport) -> dict[str, int] | None:
-    sizes_file = shard_dir / "sizes.json"
-    try:
-        sizes = json.loads(sizes_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        report.problem(f"shards/{fmt}/sizes.json is missing")
-        return None
-    except (OSError, ValueError) as exc:
-        report.problem(f"shards/{fmt}/sizes.json cannot be read: {exc}")
-        return None
-    if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):
-        report.problem(f"shards/{fmt}/sizes.json is not an object of tar name -> sample count")
-        return None
-    return sizes
-
-
-def check_format(out: Path, fmt: str, facts: TableFacts | None, report: ValidationReport) -> Counter[str]:
-    """One format's tars and sizes.json; returns how many samples each key has in the format."""
-    shard_dir = out / "shards" / fmt
-    keys: Counter[str] = Counter()
-    if not shard_dir.is_dir():
-        report.problem(f"shards/{fmt} is missing although the build was configured to write {fmt}")
-        return keys
-    actual: dict[str, int] = {}
-    for tar_path in sorted(shard_dir.glob("*.tar")):
-        count = 0
-        try:
-            for key, members in iter_samples(tar_path):
-                count += 1
-                keys[key] += 1
-                where = f"shards/{fmt}/{tar_path.name}: {key}"
-                for ext, data in members.items():
-                    if ext.rpartition(".")[2].lower() in IMAGE_EXTENSIONS:
-                        reason = decode_problem(data)
-                        report.add("images_decoded")
-                        if reason:
-                            report.problem(f"{where}.{ext} does not decode as an image: {reason}")
-                if fmt == "native":
-                    check_native_sample(key, members, where, facts, report)
-                elif fmt == "mmc4":
-                    check_mmc4_sample(key, members, where, report)
-                elif fmt == "cosmo":
-                    check_cosmo_sample(key, members, where, report)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            report.problem(f"shards/{fmt}/{tar_path.name} is not a readable tar: {exc}")
-        actual[tar_path.name] = count
-    report.counts[f"samples.{fmt}"] = sum(actual.values())
-    sizes = _read_sizes(shard_dir, fmt, report)
-    if sizes is not None:
-        for name in sorted(set(sizes) - set(actual)):
-            report.problem(f"shards/{fmt}/sizes.json lists {name}, which does not exist")
-        for name in sorted(set(actual) - set(sizes)):
-            report.problem(f"shards/{fmt}/{name} is not listed in sizes.json")
-        for name in sorted(set(sizes) & set(actual)):
-            if sizes[name] != actual[name]:
-                report.problem(
-                    f"shards/{fmt}/sizes.json says {name} holds {sizes[name]} samples; it holds {actual[name]}"
-                )
-    duplicated = [key for key, n in keys.items() if n > 1]
-    if duplicated:
-        verb = "appears" if len(duplicated) == 1 else "appear"
-        report.problem(
-            f"{fmt}: {_plural(len(duplicated), 'document')} {verb} in more than one sample: {_ids(duplicated)}"
-        )
-    if facts is not None:
-        missing = facts.expected.get(fmt, facts.doc_ids) - set(keys)
-        extra = set(keys) - facts.doc_ids
-        if missing:
-            report.problem(f"{fmt}: {_plural(len(missing), 'document')} missing from the shards: {_ids(missing)}")
-        if extra:
-            report.problem(f"{fmt}: {_plural(len(extra), 'sample')} with no row in documents: {_ids(extra)}")
-    return keys
 
 
 def validate(out: Path) -> ValidationReport:
@@ -518,22 +248,3 @@ def check_counts_agree(per_format: dict[str, int], facts: TableFacts | None, rep
         if len({per_format[fmt] for fmt in fmts}) > 1:
             counts = ", ".join(f"{fmt} {per_format[fmt]}" for fmt in fmts)
             report.problem(f"sample counts differ across formats that should hold the same documents: {counts}")
-
-
-def format_report(report: ValidationReport) -> str:
-    counts = report.counts
-    facts = [
-        f"{counts.get('groups', 0)} groups",
-        f"{counts.get('videos', 0)} videos ({counts.get('videos_ok', 0)} ok)",
-        f"{counts.get('documents', 0)} documents",
-    ]
-    facts += [
-        f"{name.removeprefix('samples.')} {n} samples" for name, n in counts.items() if name.startswith("samples.")
-    ]
-    facts.append(f"{counts.get('images_decoded', 0)} images decoded")
-    verdict = "valid" if report.ok else f"INVALID: {_plural(len(report.problems), 'problem')}"
-    lines = [f"{report.out}: {verdict}", "  " + " · ".join(facts)]
-    lines += [f"  - {problem}" for problem in report.problems[:PROBLEMS_SHOWN]]
-    if len(report.problems) > PROBLEMS_SHOWN:
-        lines.append(f"  … and {len(report.problems) - PROBLEMS_SHOWN} more problems")
-    return "\n".join(lines)

@@ -4,24 +4,12 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
-import subprocess
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
-import av
-
+from cosmo_data.models.gpt2_tokens import fit_tokens
+from cosmo_data.schemas.corpus_layout import COSMO_CAPTION_TOKENS, COSMO_VIDEO_SPEED, hms
 from cosmo_data.schemas.records import Clip, Sentence, VideoRecord
-
-# COSMO's webdataset loader divides every clip time by video_speed=5 (its HowTo100M mp4s were sped up
-# 5x), so the cosmo mp4 is written 5x faster than real time and the clip times stay real seconds.
-COSMO_VIDEO_SPEED = 5
-
-
-class ShardFormatError(Exception):
-    """A record that cannot be written in a format (the message names the source, not temp files)."""
 
 
 def _json_bytes(value: object) -> bytes:
@@ -105,40 +93,43 @@ def cosmo_sample(record: VideoRecord) -> dict[str, bytes] | None:
     """`{key}.mp4` + `{key}.json` as COSMO's InterleaveVideoTextWDSDataset reads them unchanged.
 
     Its pipeline is decode(decord) -> to_tuple("mp4", "json") -> json["clips"] is itself a JSON string
-    of [{"clip": "H:MM:SS - H:MM:SS", "caption": ...}], clip times in whole seconds of one mp4 that it
-    reads at time / video_speed (5). So: clips that have an mp4 and some text are joined into one video
-    (stream copy, no audio, timestamps divided by 5), and their times are given on that joined timeline,
-    rounded to whole seconds. A clip's caption is every document sentence whose middle falls in it.
+    of [{"clip": "H:MM:SS - H:MM:SS", "caption": ...}], whole seconds of the source that it reads at
+    time / video_speed (5) x the mp4's frame rate. The mp4 is the video's cosmo video (constant frame
+    rate, sped up 5x; stages/cosmo_video.py) and each clip is listed under the whole seconds that lie
+    inside it, so every frame the loader takes for a clip is one of the clip's own. A clip's caption is
+    the document sentences whose middle falls in it, as many as fit COSMO's budget of 3 clips in 128
+    tokens (GPT-2 BPE, OPT's tokenizer); the whole text stays in the native layout and the tables.
     Differs from Howto-Interlink7M: captions are our keyframe captions and speech, not LLM summaries.
     """
-    document = record.document
-    if not record.ok or document is None or not record.clip_videos:
+    document, video = record.document, record.cosmo_video
+    if not record.ok or document is None or video is None:
         return None
-    clips = sorted((c for c in record.clips if c.clip_idx in record.clip_videos), key=lambda c: c.clip_idx)
-    chosen = [(clip, text) for clip, text in zip(clips, clip_captions(document.sentences, clips)) if text]
-    if not chosen:
+    clips = [clip for clip in record.clips if clip.clip_idx in video.spans]
+    entries, source_clips = [], []
+    for clip, sentences in zip(clips, clip_sentences(document.sentences, clips)):
+        caption = fit_tokens(sentences, COSMO_CAPTION_TOKENS)
+        if not caption:
+            continue
+        start, end = video.spans[clip.clip_idx]
+        entries.append({"clip": f"{hms(start)} - {hms(end)}", "caption": caption})
+        source_clips.append({"clip_idx": clip.clip_idx, "start_s": clip.start_s, "end_s": clip.end_s})
+    if not entries:
         return None
-    videos = [record.clip_videos[clip.clip_idx] for clip, _ in chosen]
-    entries = []
-    start = 0.0
-    for (_, text), video in zip(chosen, videos):
-        end = start + _duration_s(video, record.source)
-        first, last = int(start + 0.5), int(end + 0.5)
-        entries.append({"clip": f"{_hms(first)} - {_hms(max(last, first + 1))}", "caption": text})
-        start = end
     meta = {
         "doc_id": document.doc_id,
         "video_id": record.video_id,
         "url": record.source,
         "clips": json.dumps(entries, ensure_ascii=False),
         "video_speed": COSMO_VIDEO_SPEED,
-        "source_clips": [{"clip_idx": c.clip_idx, "start_s": c.start_s, "end_s": c.end_s} for c, _ in chosen],
+        "source_clips": source_clips,
+        # Past this the mp4 repeats the video's last frame (stages/cosmo_video.py).
+        "video_end_s": record.clips[-1].end_s,
     }
-    return {"__key__": document.doc_id, "json": _json_bytes(meta), "mp4": join_clips(videos, record.source)}
+    return {"__key__": document.doc_id, "json": _json_bytes(meta), "mp4": video.mp4}
 
 
-def clip_captions(sentences: list[Sentence], clips: list[Clip]) -> list[str]:
-    """Per clip, the sentences whose midpoint lies in [start, end), joined in document order."""
+def clip_sentences(sentences: list[Sentence], clips: list[Clip]) -> list[list[str]]:
+    """Per clip, the sentences whose midpoint lies in [start, end), in document order."""
     texts: list[list[str]] = [[] for _ in clips]
     for sentence in sentences:
         middle = (sentence.start_s + sentence.end_s) / 2
@@ -146,60 +137,7 @@ def clip_captions(sentences: list[Sentence], clips: list[Clip]) -> list[str]:
             if clip.start_s <= middle < clip.end_s or (k == len(clips) - 1 and middle == clip.end_s):
                 texts[k].append(sentence.text)
                 break
-    return [" ".join(t) for t in texts]
-
-
-def _hms(seconds: int) -> str:
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _duration_s(mp4: bytes, source: str) -> float:
-    """The container duration, which is what ffmpeg's concat demuxer offsets the next clip by."""
-    try:
-        with av.open(io.BytesIO(mp4)) as container:
-            if container.duration is None:
-                raise ShardFormatError(f"cosmo: a clip mp4 of {source} has no duration")
-            return container.duration / av.time_base
-    except av.FFmpegError as exc:
-        raise ShardFormatError(f"cosmo: a clip mp4 of {source} does not open: {exc}") from exc
-
-
-def join_clips(videos: list[bytes], source: str) -> bytes:
-    """One mp4 of the clips' video streams back to back, COSMO_VIDEO_SPEED times faster; no re-encode."""
-    speed = COSMO_VIDEO_SPEED
-    with tempfile.TemporaryDirectory(prefix="cosmo-join-") as tmp:
-        folder = Path(tmp)
-        names = []
-        for k, video in enumerate(videos):
-            names.append(f"clip{k:05d}.mp4")
-            (folder / names[-1]).write_bytes(video)
-        (folder / "clips.txt").write_text("".join(f"file '{name}'\n" for name in names))
-        command = [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "concat",
-            "-i",
-            str(folder / "clips.txt"),
-            "-map",
-            "0:v:0",
-            "-c",
-            "copy",
-            "-an",
-            "-bsf:v",
-            f"setts=pts=PTS/{speed}:dts=DTS/{speed}:duration=DURATION/{speed}",
-            "-movflags",
-            "+faststart",
-            str(folder / "joined.mp4"),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            message = result.stderr.strip().replace(str(folder), source) or f"ffmpeg exited with {result.returncode}"
-            raise ShardFormatError(f"cosmo: joining the clips of {source} failed: {message}")
-        return (folder / "joined.mp4").read_bytes()
+    return texts
 
 
 SAMPLE_WRITERS: dict[str, Callable[[VideoRecord], dict[str, bytes] | None]] = {

@@ -3,7 +3,7 @@
 A group is a fixed slice of the source list (source_index // videos_per_shard), so shard membership
 depends only on the sources, never on which worker finished first. A group is written whole:
 every file goes to a temporary name and is renamed into place, then the group's done marker is written,
-then the manifests (sizes.json) are rebuilt from the markers. A killed run therefore leaves either a
+then the manifests (sizes.json, and num_samples.json for COSMO's loader) are rebuilt from the markers. A killed run therefore leaves either a
 complete group or files that recover() removes; a rerun redoes exactly the groups without a marker.
 """
 
@@ -19,9 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, ShardFormatError
+from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
 from cosmo_data.schemas import tables as schemas
-from cosmo_data.schemas.records import FILTERED, SHARD_FAILED, VideoRecord
+from cosmo_data.schemas.corpus_layout import SIZES_FILES
+from cosmo_data.schemas.records import FILTERED, VideoRecord
 
 STATE_DIR = "_state"
 TMP_PREFIX = ".tmp-"
@@ -190,11 +191,7 @@ class CorpusWriter:
         """Samples per format; a record that a format cannot hold fails in all, so formats never disagree."""
         samples: dict[str, list[dict[str, bytes]]] = {fmt: [] for fmt in self.formats}
         for record in records:
-            try:
-                per_format = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
-            except ShardFormatError as exc:
-                record.fail(SHARD_FAILED, str(exc))
-                continue
+            per_format = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
             empty = [fmt for fmt, sample in per_format.items() if sample is None]
             if record.ok and empty:
                 # Every document is in every format, or in none: trainers mixing formats see one corpus.
@@ -236,4 +233,5 @@ class CorpusWriter:
         summaries = self.group_summaries()
         for fmt in self.formats:
             sizes = {f"{group_name(s.group)}.tar": s.samples.get(fmt, 0) for s in summaries}
-            atomic_write_json(self.out / "shards" / fmt / "sizes.json", sizes)
+            for name in SIZES_FILES:
+                atomic_write_json(self.out / "shards" / fmt / name, sizes)

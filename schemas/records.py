@@ -24,7 +24,6 @@ ASR_FAILED = "asr_failed"
 CAPTION_FAILED = "caption_failed"
 CLIP_SCORE_FAILED = "clip_score_failed"
 DOCUMENT_FAILED = "document_failed"
-SHARD_FAILED = "shard_failed"
 INTERNAL_ERROR = "internal_error"
 
 
@@ -90,6 +89,17 @@ class Document:
 
 
 @dataclass
+class CosmoVideo:
+    """The cosmo layout's video of one source (stages/cosmo_video.py): constant frame rate, sped up."""
+
+    mp4: bytes
+    fps: float  # the mp4's constant frame rate
+    frames: int
+    # clip_idx -> (start, end) whole seconds of its clip string, for the clips that have some.
+    spans: dict[int, tuple[int, int]]
+
+
+@dataclass
 class VideoRecord:
     video_id: str
     source: str
@@ -118,8 +128,8 @@ class VideoRecord:
     # 16 kHz mono signed 16-bit little-endian PCM; None when the video has no audio.
     audio_pcm: bytes | None = None
     transcript: list[Segment] = field(default_factory=list)
-    # clip_idx -> mp4 bytes of that clip (only when the cosmo shard format is on).
-    clip_videos: dict[int, bytes] = field(default_factory=dict)
+    # Only when the cosmo shard format is on.
+    cosmo_video: CosmoVideo | None = None
     document: Document | None = None
 
     @property
@@ -131,7 +141,7 @@ class VideoRecord:
         self.status = status
         self.error = error
         self.audio_pcm = None
-        self.clip_videos = {}
+        self.cosmo_video = None
         self.document = None
 
     def image_info(self) -> list[dict]:

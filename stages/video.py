@@ -31,7 +31,7 @@ from cosmo_data.schemas.records import (
     VideoRecord,
 )
 from cosmo_data.stages.base import process_each, resources_from
-from cosmo_data.stages.decode import cut_clip_mp4s, decode_video
+from cosmo_data.stages.decode import decode_video
 from cosmo_data.stages.download import (
     download,
     prepare_children,
@@ -113,15 +113,14 @@ def stage_deadline(step: str, stage_limit_s: float, *, binding: bool) -> Iterato
 
 
 def decode_file(path: Path, record: VideoRecord, config: BuildConfig, work_dir: Path) -> VideoRecord:
-    """Runs in the child process: the one decode pass, then the clip mp4s if the cosmo format is on."""
+    """Runs in the child process: the one decode pass (with the cosmo video if that format is on)."""
     # Scratch files go to the work dir, which the parent deletes even when this process is killed.
     tempfile.tempdir = str(work_dir)
-    # The cosmo clips are cut from a small copy made during the decode pass, never from the source.
-    clip_video = work_dir / "clips-source.mp4" if "cosmo" in config.output.formats else None
-    decode_video(path, record, config, clip_video)
-    if record.ok and record.clips and clip_video is not None:
-        with timed(record, "clip_mp4"):
-            record.clip_videos = cut_clip_mp4s(clip_video, record.clips, config.video.clip_fps)
+    cosmo_video = work_dir / "cosmo.mp4" if "cosmo" in config.output.formats else None
+    decode_video(path, record, config, cosmo_video)
+    if record.cosmo_video is not None:
+        # Clips without a whole second of their own cannot be named in the cosmo layout.
+        record.count("cosmo_unnamed_clip", len(record.clips) - len(record.cosmo_video.spans))
     return record
 
 

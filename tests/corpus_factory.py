@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import av
 from PIL import Image, ImageDraw
 
 from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
@@ -25,12 +26,14 @@ from cosmo_data.schemas.records import (
     DOWNLOAD_FAILED,
     INVALID_SOURCE,
     Clip,
+    CosmoVideo,
     Document,
     Frame,
     Segment,
     Sentence,
     VideoRecord,
 )
+from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 
 # How-to videos as a reader would meet them: per clip, the keyframe's caption and what was said.
 THEMES: list[tuple[str, list[tuple[str, list[str]]]]] = [
@@ -105,8 +108,10 @@ FAILURES: list[tuple[str, str, str]] = [
     ),
 ]
 
+CLIP_FPS = BuildConfig().video.clip_fps
+
 # The timings keys a build records: the video stage's steps, then one per model stage.
-STAGES = ("download", "decode", "clip_mp4", "video", "asr", "caption", "document", "clip_score", "assign")
+STAGES = ("download", "decode", "video", "asr", "caption", "document", "clip_score", "assign")
 
 
 def scene_jpeg(seed: int, width: int = 256, height: int = 144) -> bytes:
@@ -133,10 +138,10 @@ def scene_jpeg(seed: int, width: int = 256, height: int = 144) -> bytes:
 
 
 @lru_cache(maxsize=None)
-def clip_mp4(seconds: float) -> bytes:
-    """A tiny real H.264 clip (64x36, 10 fps) of this length, made once per length."""
+def cosmo_video(seconds: float, clips: int) -> CosmoVideo:
+    """The cosmo video of a made-up video of `clips` clips of this length (64x36), made once per shape."""
     with tempfile.TemporaryDirectory(prefix="corpus-factory-") as folder:
-        path = Path(folder) / "clip.mp4"
+        source = Path(folder) / "source.mp4"
         subprocess.run(
             [
                 "ffmpeg",
@@ -147,18 +152,24 @@ def clip_mp4(seconds: float) -> bytes:
                 "-f",
                 "lavfi",
                 "-i",
-                f"testsrc2=s=64x36:r=10:d={seconds}",
+                f"testsrc2=s=64x36:r=10:d={seconds * clips}",
                 "-c:v",
                 "libx264",
                 "-preset",
                 "ultrafast",
                 "-pix_fmt",
                 "yuv420p",
-                str(path),
+                str(source),
             ],
             check=True,
         )
-        return path.read_bytes()
+        encoder = CosmoVideoEncoder(Path(folder) / "cosmo.mp4", CLIP_FPS, 256)
+        with av.open(str(source)) as container:
+            for frame in container.decode(video=0):
+                encoder.offer(frame.time, frame)
+        encoder.finish(seconds * clips)
+        layout = [Clip(k, k * seconds, (k + 1) * seconds) for k in range(clips)]
+        return read_cosmo_video(Path(folder) / "cosmo.mp4", layout, CLIP_FPS, encoder.frames)
 
 
 def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6.0) -> VideoRecord:
@@ -186,7 +197,6 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
     for clip_idx, (caption, spoken) in enumerate(steps):
         start, end = clip_idx * clip_s, (clip_idx + 1) * clip_s
         record.clips.append(Clip(clip_idx, start, end, "start" if clip_idx == 0 else "cut"))
-        record.clip_videos[clip_idx] = clip_mp4(clip_s)
         width, height = 256, 144
         record.frames.append(
             Frame(
@@ -224,6 +234,7 @@ def ok_record(video_id: str, source_index: int, theme: int, *, clip_s: float = 6
         for frame in record.frames
     ]
     matched = [max(range(len(row)), key=row.__getitem__) for row in similarity]
+    record.cosmo_video = cosmo_video(clip_s, len(steps))
     record.document = Document(
         doc_id=video_id,
         sentences=sentences,

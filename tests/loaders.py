@@ -118,6 +118,7 @@ class VideoClipExample:
     captions: list[str]
     frames: list[np.ndarray]  # per clip [num_frames, 256, 256, 3] uint8
     text: str
+    possible_frames: list[np.ndarray]  # per clip, every frame a draw could have taken
 
 
 def _decord_video(key: str, data: bytes):
@@ -132,8 +133,9 @@ def _seconds(hms: str) -> int:
     return sum(int(part) * 60**power for power, part in enumerate(reversed(hms.split(":"))))
 
 
-def _frame_indices(num_frames: int, n_frames: int, begin: int, end: int, rng: random.Random) -> list[int]:
-    """COSMO's sample_frames_from_seq: keep the range inside the video, one random frame per equal part."""
+def _frame_parts(num_frames: int, n_frames: int, begin: int, end: int) -> list[tuple[int, int]]:
+    """COSMO's sample_frames_from_seq up to its draw: the range kept inside the video, cut in equal parts,
+    each part (low, high) drawn from as random.choice(range(low, high)), or low where high <= low."""
     distance = end - begin
     if begin < 0:
         begin, end = 0, end + distance
@@ -143,29 +145,39 @@ def _frame_indices(num_frames: int, n_frames: int, begin: int, end: int, rng: ra
     if end < begin:
         raise ValueError("Begin index larger than end index.")
     bounds = np.linspace(begin, end, num_frames + 1).astype(int)
-    picks = []
-    for low, high in zip(bounds[:-1], bounds[1:] - 1):
-        picks.append(rng.choice(range(low, high)) if high > low else int(low))
-    return sorted(picks)
+    return [(int(low), int(high)) for low, high in zip(bounds[:-1], bounds[1:] - 1)]
+
+
+def _frame_indices(num_frames: int, n_frames: int, begin: int, end: int, rng: random.Random) -> list[int]:
+    """One random frame per part, as COSMO draws them."""
+    parts = _frame_parts(num_frames, n_frames, begin, end)
+    return sorted(rng.choice(range(low, high)) if high > low else low for low, high in parts)
+
+
+def _possible_indices(num_frames: int, n_frames: int, begin: int, end: int) -> list[int]:
+    """Every frame any draw could take."""
+    parts = _frame_parts(num_frames, n_frames, begin, end)
+    return sorted({i for low, high in parts for i in (range(low, high) if high > low else [low])})
 
 
 def _video_clips(data: tuple, num_frames: int, rng: random.Random) -> VideoClipExample:
     reader, info = data
     clips = json.loads(info["clips"])
     fps = reader.get_avg_fps()
-    times, captions, frames = [], [], []
+    times, captions, frames, possible = [], [], [], []
     for clip in clips:
         start, end = (_seconds(part) for part in clip["clip"].split(" - "))
         if start > end:
             start = end - 2
-        begin_s, end_s = start / COSMO_VIDEO_SPEED, end / COSMO_VIDEO_SPEED
-        indices = _frame_indices(num_frames, len(reader), int(begin_s * fps), int(end_s * fps), rng)
-        frames.append(reader.get_batch(indices).asnumpy())
+        begin_s, end_s = float(start) / COSMO_VIDEO_SPEED, float(end) / COSMO_VIDEO_SPEED
+        begin, stop = int(begin_s * fps), int(end_s * fps)
+        frames.append(reader.get_batch(_frame_indices(num_frames, len(reader), begin, stop, rng)).asnumpy())
+        possible.append(reader.get_batch(_possible_indices(num_frames, len(reader), begin, stop)).asnumpy())
         times.append((begin_s, end_s))
         captions.append(clip["caption"])
     text = "<s>" + "".join(f"<visual>{caption}<|endofchunk|>" for caption in captions)
     text = _tidy(text, "<visual>")
-    return VideoClipExample(times, captions, frames, f"{text}</s>")
+    return VideoClipExample(times, captions, frames, f"{text}</s>", possible)
 
 
 def cosmo_interleaved_video(urls: list[str], num_frames: int = 3, seed: int = 0) -> Iterator[VideoClipExample]:

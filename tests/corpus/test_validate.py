@@ -6,12 +6,14 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from corpus_factory import Corpus, build_corpus
 
-from cosmo_data.corpus.validate import format_report, validate
+from cosmo_data.corpus.validate import validate
+from cosmo_data.corpus.validation_report import format_report
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,50 @@ def test_a_cosmo_mp4_that_does_not_open(out):
     rewrite_tar(out / "shards/cosmo/000000.tar", lambda name, data: b"\0" * 64 if name == "vid002_c.mp4" else data)
     problems = validate(out).problems
     assert len(problems) == 1 and problems[0].startswith("shards/cosmo/000000.tar: vid002_c.mp4 does not open")
+
+
+def test_cosmo_clip_times_that_point_into_a_neighbouring_clip(out):
+    """A clip string two seconds early (clip 1 is [6, 12) s, named "0:00:07 - 0:00:12"), as the joined
+    mp4s before the timing fix had them."""
+
+    def shift_first_clip(name: str, data: bytes) -> bytes:
+        if name != "vid002_c.json":
+            return data
+        meta = json.loads(data)
+        clips = json.loads(meta["clips"])
+        start, end = (int(part.rsplit(":", 1)[1]) for part in clips[1]["clip"].split(" - "))
+        clips[1]["clip"] = f"0:00:{start - 2:02d} - 0:00:{end - 2:02d}"
+        meta["clips"] = json.dumps(clips)
+        return json.dumps(meta).encode()
+
+    rewrite_tar(out / "shards/cosmo/000000.tar", shift_first_clip)
+    problems = validate(out).problems
+    assert len(problems) == 1
+    assert problems[0].startswith("shards/cosmo/000000.tar: vid002_c: COSMO's loader may take frames at 5.00")
+    assert problems[0].endswith("outside its clip [6.0, 12.0) s")
+
+
+def test_a_cosmo_mp4_without_a_constant_frame_rate(out, tmp_path):
+    """Copied packets whose last frame lasts 16x too long (the old clip mp4s): COSMO's frame arithmetic
+    drifts, so the mp4 is refused whatever its clip strings say."""
+
+    def stretch_last_frame(name: str, data: bytes) -> bytes:
+        if name != "vid002_c.mp4":
+            return data
+        source, target = tmp_path / "in.mp4", tmp_path / "out.mp4"
+        source.write_bytes(data)
+        with av.open(str(source)) as inp, av.open(str(target), "w", format="mp4") as output:
+            stream = output.add_stream_from_template(inp.streams.video[0])
+            packets = [p for p in inp.demux(video=0) if p.pts is not None]
+            packets[-1].duration *= 16
+            for packet in packets:
+                packet.stream = stream
+                output.mux(packet)
+        return target.read_bytes()
+
+    rewrite_tar(out / "shards/cosmo/000000.tar", stretch_last_frame)
+    problems = validate(out).problems
+    assert len(problems) == 1 and "vid002_c.mp4 has no constant frame rate" in problems[0]
 
 
 def test_a_parquet_part_with_the_wrong_schema(out):

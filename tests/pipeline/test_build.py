@@ -93,6 +93,9 @@ def test_sigkill_mid_build_then_resume_equals_clean_run(demo_corpus, demo_source
         str(TINY_CONFIG),
         "--set",
         "output.videos_per_shard=1",
+        # One video per model call, so that groups are written apart, with time to kill in between.
+        *(f"--set={stage}.resources.batch_size=1" for stage in ("asr", "caption", "clip_score", "assign")),
+        "--set=assign.document_resources.batch_size=1",
     ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = out / "_state" / "groups"

@@ -1,29 +1,28 @@
 import base64
 import io
 import json
-import re
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import webdataset as wds
 from loaders import cosmo_interleaved_video, openflamingo_mmc4
 from PIL import Image
 
-from cosmo_data.pipeline.shard_formats import (
-    SAMPLE_WRITERS,
-    ShardFormatError,
-    clip_captions,
-    cosmo_sample,
-)
+from cosmo_data.models.gpt2_tokens import count_tokens
+from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, clip_sentences, cosmo_sample
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.schemas.records import DECODE_FAILED, Clip, Frame, Segment, VideoRecord
+from cosmo_data.schemas.corpus_layout import COSMO_MAX_TOKENS
+from cosmo_data.schemas.records import DECODE_FAILED, Clip, Frame, Segment, Sentence, VideoRecord
 from cosmo_data.stages.assign import AssignStage, assign_mmc4
+from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 from cosmo_data.stages.document import DocumentStage
 
-# Clip colours and lengths in whole seconds, so COSMO's whole-second clip times fall on clip boundaries.
-CLIPS = [("red", 2), ("lime", 3), ("blue", 2)]
+# Clip colours and lengths: boundaries between whole seconds, where COSMO's whole-second clip times
+# cannot fall on them.
+CLIPS = [("red", 2.3), ("lime", 2.9), ("blue", 1.8)]
 DOMINANT_CHANNEL = {"red": 0, "lime": 1, "blue": 2}
 
 
@@ -40,15 +39,27 @@ def keyframe_jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def clip_mp4(folder: Path, colour: str, seconds: int, audio: bool) -> bytes:
-    path = folder / f"{colour}-{seconds}-{audio}.mp4"
+def colour_video(folder: Path, clip_fps: float = 4.0) -> tuple[list[Clip], object]:
+    """The cosmo video of shots of solid colour at 25 fps (CLIPS), made by the decode pass's own encoder."""
+    source = folder / "colours.mp4"
+    inputs = [f"color=c={colour}:s=64x48:r=25:d={seconds}" for colour, seconds in CLIPS]
+    graph = "".join(f"[{k}:v]" for k in range(len(CLIPS))) + f"concat=n={len(CLIPS)}:v=1:a=0"
     command = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
-    command += ["-f", "lavfi", "-i", f"color=c={colour}:s=64x48:r=25:d={seconds}"]
-    if audio:
-        command += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac", "-shortest"]
-    command += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", str(path)]
-    subprocess.run(command, check=True)
-    return path.read_bytes()
+    for source_graph in inputs:
+        command += ["-f", "lavfi", "-i", source_graph]
+    subprocess.run(
+        [*command, "-filter_complex", graph, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(source)], check=True
+    )
+    clips, start = [], 0.0
+    for k, (_, seconds) in enumerate(CLIPS):
+        clips.append(Clip(k, round(start, 3), round(start + seconds, 3), "start" if k == 0 else "cut"))
+        start += seconds
+    encoder = CosmoVideoEncoder(folder / "cosmo.mp4", clip_fps, 256)
+    with av.open(str(source)) as container:
+        for frame in container.decode(video=0):
+            encoder.offer(frame.time, frame)
+    encoder.finish(clips[-1].end_s)
+    return clips, read_cosmo_video(folder / "cosmo.mp4", clips, clip_fps, encoder.frames)
 
 
 def similarity_for(record: VideoRecord) -> list[list[float]]:
@@ -74,14 +85,14 @@ def finish(records: list[VideoRecord]) -> list[VideoRecord]:
     return AssignStage(config).process(records)
 
 
-def cooking_video(folder: Path, audio: bool) -> VideoRecord:
+def cooking_video(folder: Path) -> VideoRecord:
     record = VideoRecord("cook_1", "https://www.youtube.com/watch?v=cook_1", 0, duration_s=7.0)
-    start = 0
-    for k, (colour, seconds) in enumerate(CLIPS):
-        record.clips.append(Clip(k, float(start), float(start + seconds), "start" if k == 0 else "cut"))
-        record.frames.append(Frame(k, k, start + seconds / 2, 160, 120, keyframe_jpeg(k), f"a {colour} scene"))
-        record.clip_videos[k] = clip_mp4(folder, colour, seconds, audio)
-        start += seconds
+    record.clips, record.cosmo_video = colour_video(folder)
+    for clip, (colour, _) in zip(record.clips, CLIPS):
+        middle = (clip.start_s + clip.end_s) / 2
+        record.frames.append(
+            Frame(clip.clip_idx, clip.clip_idx, middle, 160, 120, keyframe_jpeg(clip.clip_idx), f"a {colour} scene")
+        )
     record.transcript = [
         Segment(0, 0.5, 4.5, " We start here. Then we move on.", -0.2, 0.01),
         Segment(1, 5.5, 6.5, " Done now.", -0.2, 0.01),
@@ -103,7 +114,7 @@ def shards(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("shards")
     failed = VideoRecord("gone_3", "https://www.youtube.com/watch?v=gone_3", 2)
     failed.fail(DECODE_FAILED, "Invalid data found when processing input")
-    records = finish([cooking_video(folder, audio=True), talk_video(), failed])
+    records = finish([cooking_video(folder), talk_video(), failed])
     assert [r.ok for r in records] == [True, True, False]
     paths = {}
     for fmt in ("mmc4", "cosmo"):
@@ -158,61 +169,67 @@ def test_openflamingo_reads_every_document_with_image_tokens_at_the_matched_sent
     assert (recomputed[1].n_images, recomputed[1].text) == (1, "<image>Hello everyone and welcome<|endofchunk|></s>")
 
 
-def test_cosmo_samples_join_the_clips_with_parseable_times(shards):
+def test_cosmo_samples_name_each_clip_by_the_whole_seconds_inside_it(shards):
     samples = list(wds.WebDataset(shards["paths"]["cosmo"], shardshuffle=False).decode())
-    assert [s["__key__"] for s in samples] == ["cook_1"]  # the talk video has no clip mp4s
+    assert [s["__key__"] for s in samples] == ["cook_1"]  # the talk video has no cosmo video
     meta = samples[0]["json"]
     clips = json.loads(meta["clips"])  # COSMO json-decodes this string a second time
-    assert [c["clip"] for c in clips] == ["0:00:00 - 0:00:02", "0:00:02 - 0:00:05", "0:00:05 - 0:00:07"]
-    assert all(re.fullmatch(r"\d+:\d\d:\d\d - \d+:\d\d:\d\d", c["clip"]) for c in clips)
+    # Red [0, 2.3), lime [2.3, 5.2), blue [5.2, 7.0): whole seconds that stay inside each.
+    assert [c["clip"] for c in clips] == ["0:00:00 - 0:00:02", "0:00:03 - 0:00:05", "0:00:06 - 0:00:07"]
     assert [c["caption"] for c in clips] == [
         "We start here. a red scene",
         "Then we move on. a lime scene",
         "Done now. a blue scene",
     ]
     assert meta["video_speed"] == 5
+    assert [c["clip_idx"] for c in meta["source_clips"]] == [0, 1, 2]
 
 
-def test_cosmo_mp4_decodes_and_is_five_times_faster(shards, tmp_path):
+def test_cosmo_mp4_has_a_constant_frame_rate_five_times_faster(shards, tmp_path):
     [sample] = list(wds.WebDataset(shards["paths"]["cosmo"], shardshuffle=False))
-    video = tmp_path / "joined.mp4"
+    video = tmp_path / "cosmo.mp4"
     video.write_bytes(sample["mp4"])
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_type,nb_read_frames",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "json",
-            str(video),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(probe.stdout)
-    assert [s["codec_type"] for s in report["streams"]] == ["video"]  # audio dropped: COSMO reads frames only
-    assert int(report["streams"][0]["nb_read_frames"]) == 7 * 25
-    assert float(report["format"]["duration"]) == pytest.approx(7 / 5, abs=0.05)
+    with av.open(str(video)) as container:
+        assert [s.type for s in container.streams] == ["video"]  # COSMO reads frames only
+        packets = [p for p in container.demux(video=0) if p.pts is not None]
+    times = sorted(float(p.pts * p.time_base) for p in packets)
+    # 4 frames per second of the source, shown 5x faster, every frame as long: 7 s -> 28 frames, + 1.
+    assert len(times) == 29
+    assert np.allclose(np.diff(times), 1 / 20) and {float(p.duration * p.time_base) for p in packets} == {1 / 20}
 
 
-def test_cosmo_loader_finds_each_clip_where_its_time_says(shards):
+def test_cosmo_loader_takes_only_each_clips_own_frames(shards):
     [example] = list(cosmo_interleaved_video([shards["paths"]["cosmo"]], num_frames=3))
-    assert example.times_s == [(0.0, 0.4), (0.4, 1.0), (1.0, 1.4)]
+    assert example.times_s == [(0.0, 0.4), (0.6, 1.0), (1.2, 1.4)]
     assert example.text == (
         "<s><visual>We start here. a red scene<|endofchunk|><visual>Then we move on. a lime scene"
         "<|endofchunk|><visual>Done now. a blue scene<|endofchunk|></s>"
     )
-    for (colour, _), frames in zip(CLIPS, example.frames):
+    for (colour, _), frames, possible in zip(CLIPS, example.frames, example.possible_frames):
         assert frames.shape == (3, 256, 256, 3)
-        dominant = [int(np.argmax(frame[128, 128])) for frame in frames]
-        # Whole-second times may put the first sampled frame on the last frame of the previous clip.
-        assert dominant[1:] == [DOMINANT_CHANNEL[colour]] * 2, (colour, dominant)
+        # Every frame the loader could take for the clip, not only the ones it drew this time.
+        dominant = {int(np.argmax(frame[128, 128])) for frame in possible}
+        assert dominant == {DOMINANT_CHANNEL[colour]}, (colour, dominant)
+
+
+def test_cosmo_captions_fit_three_clips_in_cosmos_token_budget(tmp_path):
+    record = cooking_video(tmp_path)
+    words = "whisk the eggs with a fork until the yolks and whites are completely blended together".split()
+    record.transcript = [
+        Segment(k, 2.4 + 0.15 * k, 2.5 + 0.15 * k, " ".join(words[k % 5 :] + words[: k % 5]) + ".", -0.2, 0.01)
+        for k in range(12)
+    ]
+    [record] = finish([record])
+    meta = json.loads(cosmo_sample(record)["json"])
+    captions = [c["caption"] for c in json.loads(meta["clips"])]
+    # COSMO's text for three clips, its <visual> and <|endofchunk|> one token each, in OPT's BPE.
+    text = "<s>" + "".join(f"<visual>{caption}<|endofchunk|>" for caption in captions) + "</s>"
+    tokens = count_tokens(text.replace("<visual>", "").replace("<|endofchunk|>", "")) + 2 * len(captions) + 1
+    assert len(captions) == 3 and tokens <= COSMO_MAX_TOKENS
+    # The lime clip had more to say than fits: whole sentences, in order, and the rest left out.
+    lime_sentences = [s.text for s in record.document.sentences if 2.3 <= (s.start_s + s.end_s) / 2 < 5.2]
+    assert captions[1] == " ".join(lime_sentences[: captions[1].count(".")])
+    assert captions[1].count(".") < len(lime_sentences)
 
 
 def test_records_without_what_a_format_needs_give_no_sample(shards):
@@ -220,9 +237,7 @@ def test_records_without_what_a_format_needs_give_no_sample(shards):
     assert all(SAMPLE_WRITERS[fmt](failed) is None for fmt in ("native", "mmc4", "cosmo"))
 
 
-def test_clip_captions_go_by_sentence_midpoint():
-    from cosmo_data.schemas.records import Sentence
-
+def test_clip_sentences_go_by_sentence_midpoint():
     clips = [Clip(0, 0.0, 2.0), Clip(1, 2.0, 4.0)]
     sentences = [
         Sentence("a", 0.0, 1.0, "asr"),
@@ -230,12 +245,4 @@ def test_clip_captions_go_by_sentence_midpoint():
         Sentence("c", 4.0, 4.0, "caption"),
         Sentence("d", 9.0, 9.0, "caption"),
     ]
-    assert clip_captions(sentences, clips) == ["a", "b c"]
-
-
-def test_unjoinable_clips_raise_with_the_source_named_not_temp_paths(tmp_path):
-    record = finish([talk_video()])[0]
-    record.clip_videos = {k: b"not an mp4 at all" for k in range(3)}
-    with pytest.raises(ShardFormatError, match=r"cosmo: a clip mp4 of /videos/talk_2.mp4 does not open") as error:
-        cosmo_sample(record)
-    assert "/tmp" not in str(error.value)
+    assert clip_sentences(sentences, clips) == [["a"], ["b", "c"]]

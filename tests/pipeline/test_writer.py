@@ -106,6 +106,11 @@ def test_recover_removes_unfinished_groups_and_temp_files(tmp_path):
 
     writer.recover()
     assert writer.done_groups() == {0, 1}
-    assert sorted(p.name for p in (tmp_path / "shards/native").iterdir()) == ["000000.tar", "000001.tar", "sizes.json"]
+    assert sorted(p.name for p in (tmp_path / "shards/native").iterdir()) == [
+        "000000.tar",
+        "000001.tar",
+        "num_samples.json",
+        "sizes.json",
+    ]
     assert not (tmp_path / "videos/part-000002.parquet").exists()
     assert json.loads((tmp_path / "shards/native/sizes.json").read_text()) == {"000000.tar": 1, "000001.tar": 1}

@@ -4,7 +4,6 @@ files, and the COSMO clip mp4s."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from cosmo_data.schemas.records import (
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.stages.decode import _ClipVideoEncoder, cut_clip_mp4s, decode_pass, decode_video
+from cosmo_data.stages.decode import decode_pass, decode_video
 
 SOURCE = "https://example.com/watch/video.mp4"
 
@@ -246,46 +245,6 @@ def test_sparse_references_turn_the_skipping_off(tmp_path):
     assert decoded.frames_sampled == pytest.approx(decoded.duration_s * BuildConfig().scenes.detect_fps, abs=1)
 
 
-def test_the_cosmo_clip_source_is_written_in_the_same_pass(media, tmp_path):
-    small = tmp_path / "clips-source.mp4"
-    decoded = decode_pass(media / "shots.mp4", BuildConfig(), SOURCE, clip_video=small)
-    assert decoded.frames_decoded == 164  # still one decode of the source
-    clip_fps = BuildConfig().video.clip_fps
-    with av.open(str(small)) as container:
-        stream = container.streams.video[0]
-        assert stream.height <= BuildConfig().video.clip_max_height and not container.streams.audio
-        assert stream.frames == math.ceil(decoded.frames_decoded / 25 * clip_fps)  # clip_fps of the 25 fps source
-        # To within one frame of the copy: its last frame lasts 1 / clip_fps.
-        assert container.duration / av.time_base == pytest.approx(decoded.duration_s, abs=1 / clip_fps)
-
-
-def test_a_failure_of_the_clip_copy_thread_fails_the_pass_and_never_blocks_it(tmp_path):
-    """The small copy is encoded on a thread of its own: its error must come back to the decoding
-    loop, and frames offered after it must not wait on a queue nobody reads."""
-    encoder = _ClipVideoEncoder(tmp_path / "clips-source.mp4", BuildConfig())
-    offered = 0
-    with pytest.raises(AttributeError, match="height"):
-        for offered in range(1000):  # far more than the queue holds
-            encoder.offer(offered / BuildConfig().video.clip_fps, object())  # not a frame: scaling it fails
-        encoder.close()
-    assert offered < 999  # a later offer raised the thread's error
-    with pytest.raises(AttributeError, match="height"):
-        encoder.close()
-
-
-def test_a_failure_while_the_clip_copy_finishes_comes_back_from_close(tmp_path, monkeypatch):
-    """Flushing x264 and writing the mp4's index happen after close() has sent its last item: an error
-    there must still reach close(), not leave the thread waiting for frames that never come."""
-    encoder = _ClipVideoEncoder(tmp_path / "clips-source.mp4", BuildConfig())
-
-    def disk_full() -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(encoder, "_finish", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        encoder.close()
-
-
 def test_no_video_stream(media):
     with pytest.raises(VideoFailure) as failure:
         decode(media / "tone.m4a")
@@ -371,44 +330,3 @@ def test_single_frame_and_tiny_videos(media):
     tiny = decode(media / "tiny.mp4")
     assert (tiny.width, tiny.height) == (16, 16) and [c.boundary for c in tiny.clips] == ["start", "cut"]
     assert all(jpeg_size(f.jpeg) == (16, 16) for f in tiny.frames)
-
-
-def copy_frames(path: Path) -> list[tuple[int, bool, np.ndarray]]:
-    """(milliseconds, keyframe, grey pixels) of every frame of an mp4, in order."""
-    with av.open(str(path)) as container:
-        return [
-            (round(f.pts * f.time_base * 1000), f.key_frame, f.to_ndarray(format="gray").astype(np.int16))
-            for f in container.decode(video=0)
-        ]
-
-
-@pytest.mark.parametrize("copy_fps", [4.0, 3.0], ids=["copied-after-the-first-keyframe", "re-encoded-whole"])
-def test_clip_mp4s_cut_from_the_small_copy(media, tmp_path, copy_fps):
-    config = BuildConfig()
-    config.video.clip_fps = copy_fps
-    small = tmp_path / "clips-source.mp4"
-    decoded = decode_pass(media / "shots.mp4", config, SOURCE, clip_video=small)
-    # Told the wrong rate, the cutter's encoder writes other stream headers than the copy's, so it
-    # cannot mix its packets with copied ones and re-encodes every clip whole.
-    clip_videos = cut_clip_mp4s(small, decoded.clips, clip_fps=4.0)
-    source = copy_frames(small)
-    source_keyframes = {t for t, key, _ in source if key}
-    assert sorted(clip_videos) == [c.clip_idx for c in decoded.clips] and len(decoded.clips) == 3
-    # Clips 1 and 2 start between two keyframes of the copy (cut at 2.5 s, dissolve at 5 s).
-    assert {round(c.start_s * 1000) for c in decoded.clips[1:]}.isdisjoint(source_keyframes)
-    for clip in decoded.clips:
-        target = tmp_path / f"clip_{clip.clip_idx}.mp4"
-        target.write_bytes(clip_videos[clip.clip_idx])
-        errors = subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(target), "-f", "null", "-"], capture_output=True, text=True
-        ).stderr
-        assert errors == ""
-        wanted = [(t, pixels) for t, _, pixels in source if clip.start_s * 1000 <= t < clip.end_s * 1000]
-        got = copy_frames(target)
-        # The copy's frames of [start_s, end_s), timed from 0, starting on a keyframe.
-        assert [t for t, _, _ in got] == [t - wanted[0][0] for t, _ in wanted]
-        assert got[0][1]
-        # Re-encoded frames differ from the copy's by coding noise only: each is nearest its own.
-        for n, (_, _, pixels) in enumerate(got):
-            distances = [np.abs(pixels - expected).mean() for _, expected in wanted]
-            assert int(np.argmin(distances)) == n and distances[n] < 8

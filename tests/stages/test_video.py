@@ -52,8 +52,8 @@ def assert_decoded(record: VideoRecord) -> None:
     assert record.clips and record.frames
     assert all(frame.jpeg.startswith(b"\xff\xd8") for frame in record.frames)
     assert abs(len(record.audio_pcm) - record.duration_s * AUDIO_BYTES_PER_S) < 0.1 * AUDIO_BYTES_PER_S
-    assert sorted(record.clip_videos) == [clip.clip_idx for clip in record.clips]
-    assert all(mp4[4:8] == b"ftyp" for mp4 in record.clip_videos.values())
+    cosmo = record.cosmo_video
+    assert cosmo.mp4[4:8] == b"ftyp" and set(cosmo.spans) <= {clip.clip_idx for clip in record.clips}
     assert {"download", "decode", "video"} <= set(record.timings)
 
 
@@ -91,7 +91,7 @@ def test_batch_of_good_and_broken_sources(http_server, media_dir, tmp_path):
     assert audio_only.status == NO_VIDEO_STREAM
     assert (gone.status, gone.error) == (DOWNLOAD_FAILED, f"local file not found: {gone.source}")
     for failed in (garbage, missing, audio_only, gone):
-        assert failed.audio_pcm is None and failed.clip_videos == {}
+        assert failed.audio_pcm is None and failed.cosmo_video is None
         assert_no_work_dir_in(failed, work_dir)
     # Already failed by the builder: passed on untouched.
     assert invalid.status == INVALID_SOURCE and invalid.timings == {}
@@ -134,14 +134,13 @@ def test_too_little_free_disk_fails_before_any_work(media_dir, tmp_path):
     assert os.listdir(work_dir) == []
 
 
-def test_clip_mp4s_are_cut_only_for_the_cosmo_format(media_dir, tmp_path):
+def test_the_cosmo_video_is_made_only_for_the_cosmo_format(media_dir, tmp_path):
     record = record_for(str(media_dir / "clip.mp4"))
 
     VideoStage(stage_config(tmp_path / "work", output={"formats": ["native", "mmc4"]})).process([record])
 
     assert record.status == OK and record.frames
-    assert record.clip_videos == {}
-    assert "clip_mp4" not in record.timings
+    assert record.cosmo_video is None
 
 
 def test_stage_takes_name_resources_and_batch_size_from_config(tmp_path):
