@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_models.py --out bench/results/models.json
 	$(VENV)/bin/python bench/bench_build.py --out bench/results/build.json
 	$(VENV)/bin/python bench/bench_scale.py --out bench/results/scale.json
+	$(VENV)/bin/python bench/bench_scale.py --real --out bench/results/scale_real.json
+	$(VENV)/bin/python bench/bench_train.py --out bench/results/train.json
 
 clean:
 	rm -rf demo-out bench/results .pytest_cache

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from cosmo_data.schemas.config import ConfigError, load_config
+from cosmo_data.schemas.config import ConfigError, load_config, load_yaml
 
 app = typer.Typer(
     add_completion=False,
@@ -31,24 +31,34 @@ def fail(message: str, code: int = USAGE_EXIT) -> typer.Exit:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """--set key=value pairs; values are YAML where only true/false are booleans (asr.language=no is
+    Norwegian), null is null, and numbers, lists and mappings are as in YAML."""
     overrides: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value (e.g. asr.model=small), got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {key.strip()}: {value!r} is not a YAML value ({problem})") from None
     return overrides
 
 
 @app.command()
 def build(
     source: Annotated[
-        list[Path],
-        typer.Option("--source", "-s", help="ids/URLs text file, CSV/Parquet, video file or folder; repeatable"),
+        list[str],
+        typer.Option(
+            "--source",
+            "-s",
+            help="ids/URLs text file, CSV/Parquet, video file or folder, or s3://bucket/key; repeatable",
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (resumes a build already there)")] = Path(
-        "corpus"
-    ),
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="output folder or s3://bucket/prefix (resumes a build already there)")
+    ] = "corpus",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config")] = None,
     ray_address: Annotated[
         Optional[str],
@@ -62,23 +72,46 @@ def build(
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="rebuild the finished groups holding videos that failed for a passing reason "
+            "(disk_full, rate_limited, deadline_exceeded; --retry-status picks others)",
+        ),
+    ] = False,
+    retry_status: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--retry-status",
+            metavar="STATUS",
+            help="with --retry-failed (implied): retry only videos of these statuses; repeatable or comma-separated",
+        ),
+    ] = None,
 ) -> None:
     """Download, cut, transcribe, caption, score and interleave videos into a corpus under --out."""
     from cosmo_data.pipeline.build import BuildError
     from cosmo_data.pipeline.build import build as run_build
     from cosmo_data.pipeline.ray_runner import RayConnectionError
     from cosmo_data.pipeline.sources import SourceError
+    from cosmo_data.storage import StorageError, location
 
     try:
-        overrides = parse_overrides(set_ or []) | {"ray_address": ray_address, "seed": seed}
+        overrides = parse_overrides(set_ or [])
+        overrides |= {k: v for k, v in (("ray_address", ray_address), ("seed", seed)) if v is not None}
         settings = load_config(config, overrides)
-        result = run_build(source, out, settings)
-    except (ConfigError, SourceError, BuildError, RayConnectionError) as exc:
+        retry = {s.strip() for given in retry_status or [] for s in given.split(",") if s.strip()}
+        out = location(out)
+        result = run_build(source, out, settings, retry_failed=retry if retry_failed or retry else None)
+    except (ConfigError, SourceError, BuildError, RayConnectionError, StorageError) as exc:
         raise fail(str(exc)) from None
     failures = ", ".join(f"{k} {v}" for k, v in sorted(result.failures.items())) or "none"
+    if result.retryable:
+        failures += f" ({sum(result.retryable.values())} may pass on a retry: rerun with --retry-failed)"
+    reopened = f", {result.groups_reopened} reopened to retry" if result.groups_reopened else ""
     typer.echo(
         f"\nbuilt {result.ok}/{result.sources} videos in {result.wall_s:.1f}s "
-        f"({result.groups_written} groups written, {result.groups_resumed} resumed); failures: {failures}\n"
+        f"({result.groups_written} groups written, {result.groups_resumed} resumed{reopened}); failures: {failures}\n"
         f"corpus: {out.resolve()}\n"
         f"  tables: {out}/<videos|clips|frames|transcripts|documents>/*.parquet\n"
         f"  shards: {out}/shards/<{'|'.join(settings.output.formats)}>/*.tar\n"
@@ -88,14 +121,14 @@ def build(
 
 @app.command()
 def stats(
-    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Dataset statistics (DuckDB over the Parquet tables)."""
     from cosmo_data.corpus.query import QueryError
     from cosmo_data.corpus.stats import compute_stats, format_stats
 
-    _require_corpus(out)
+    out = _require_corpus(out)
     try:
         numbers = compute_stats(out)
     except QueryError as exc:
@@ -105,14 +138,14 @@ def stats(
 
 @app.command()
 def query(
-    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
     sql: Annotated[str, typer.Argument(help="SQL over the views videos, clips, frames, transcripts, documents")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
 ) -> None:
     """Run SQL over the corpus tables."""
     from cosmo_data.corpus.query import QueryError, run_query
 
-    _require_corpus(out)
+    out = _require_corpus(out)
     if fmt not in ("table", "csv", "json"):
         raise fail(f"--format must be table, csv or json, not {fmt!r}") from None
     try:
@@ -123,7 +156,7 @@ def query(
 
 @app.command()
 def preview(
-    out: Annotated[Path, typer.Argument(help="a built corpus")],
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
     html: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path("preview.html"),
     n: Annotated[int, typer.Option("--n", help="documents to show")] = 20,
     where: Annotated[Optional[str], typer.Option(help="SQL condition over videos, e.g. \"language = 'en'\"")] = None,
@@ -132,7 +165,7 @@ def preview(
     from cosmo_data.corpus.preview import write_preview
     from cosmo_data.corpus.query import QueryError
 
-    _require_corpus(out)
+    out = _require_corpus(out)
     try:
         result = write_preview(out, html, n=n, where=where)
     except QueryError as exc:
@@ -141,12 +174,12 @@ def preview(
 
 
 @app.command()
-def validate(out: Annotated[Path, typer.Argument(help="a built corpus")]) -> None:
+def validate(out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")]) -> None:
     """Check shards, sizes.json and tables against the schemas and each other."""
     from cosmo_data.corpus.validate import validate as run_validate
     from cosmo_data.corpus.validation_report import format_report
 
-    _require_corpus(out)
+    out = _require_corpus(out)
     report = run_validate(out)
     typer.echo(format_report(report))
     if not report.ok:
@@ -169,6 +202,30 @@ def models(
 
 
 @app.command()
+def train(
+    shards: Annotated[
+        list[str], typer.Argument(help="folders of .tar shards (any layout), or name=weight:folder for a mixture")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (resumes a run already there)")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML training config")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="total optimizer steps of the run")] = None,
+    nproc: Annotated[int, typer.Option(help="processes through torch.distributed (gloo on CPU, nccl on GPU)")] = 1,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set optim.lr=1e-4")
+    ] = None,
+) -> None:
+    """Pretrain the bundled COSMO-style model on the shards; metrics in OUT/metrics.jsonl."""
+    from cosmo_data.train.config import TrainError
+    from cosmo_data.train.launch import run_cli
+
+    try:
+        status = run_cli(shards, out, config, steps, nproc, parse_overrides(set_ or []))
+    except TrainError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(status)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where the demo corpus goes")] = Path("demo-out"),
 ) -> None:
@@ -185,9 +242,18 @@ def demo(
     typer.echo(format_stats(compute_stats(result.out)))
 
 
-def _require_corpus(out: Path) -> None:
-    if not (out / "videos").is_dir():
+def _require_corpus(out: str):
+    """The corpus at out (a folder or an object storage prefix), or a one-line error (exit code 2)."""
+    from cosmo_data.storage import StorageError, location
+
+    corpus = location(out)
+    try:
+        found = (corpus / "videos").is_dir()
+    except StorageError as exc:
+        raise fail(str(exc)) from None
+    if not found:
         raise fail(f"{out} is not a built corpus (no videos/ table); run cosmo-data build first") from None
+    return corpus
 
 
 def main() -> None:

@@ -7,7 +7,11 @@ machine the CPU seconds are the steadier comparison: wall time also counts waiti
   detect   `scenedetect.detect(F, ContentDetector())` (PySceneDetect's own decode + detection)
   ours     the CPU stage's decode pass with the BuildConfig defaults (scenes, keyframes, 16 kHz audio,
            the small copy for the cosmo clips) plus cutting the clip mp4s from that copy
-plus the peak RSS of decode_video on a short 4K file, measured in a fresh subprocess.
+plus the peak RSS of decode_video on a short 4K file, measured in a fresh subprocess, and the scene
+detectors on real footage with known cuts, 1 s dissolves and fades (tests/stages/real_footage.py: bike
+race, cockatoo and diver shots, a cut 0.7 s after some fades and dissolves): F1 of cuts and of gradual
+transitions apart, frames/s and CPU seconds per minute of video of the whole decode pass with each.
+With --scenes-only, just that part.
 
 Usage: python bench/bench_video.py --out bench/results/video.json
 """
@@ -32,6 +36,13 @@ from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.stages.decode import decode_pass
 
 CACHE = Path(__file__).resolve().parent / ".cache"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "stages"))
+# The hard-cut detector before issue 19 (content), the CPU default (spike) and the learned model.
+SCENE_DETECTORS = {
+    "content (before)": {"detector": "content"},
+    "spike + gradual": {"detector": "spike"},
+    "transnetv2": {"detector": "transnetv2"},
+}
 TARGET_RATIO = 1.3
 
 
@@ -160,10 +171,58 @@ def uhd_peak_rss(video: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def living_children_cpu() -> float:
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def scene_detectors() -> dict:
+    """Each detector over the real-footage videos: F1 per kind and video, and the speed of the pass."""
+    import real_footage
+
+    if not real_footage.sources_available():
+        return {"skipped": "needs python3-imageio and pd-extendedview (scripts/setup.sh)"}
+    videos = [real_footage.cached_real_video(CACHE, name) for name in real_footage.SHOT_LISTS]
+    report = {}
+    for label, scenes in SCENE_DETECTORS.items():
+        config = BuildConfig.model_validate({"scenes": scenes})
+        row: dict = {"f1": {}}
+        wall = cpu = seconds = frames = 0.0
+        for video in videos:
+            kept_before = living_children_cpu()
+            with Timer(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) as timer:
+                decoded = decode_pass(video, config, str(video))
+            # TransNetV2's process outlives the video (the model loads once): its CPU seconds too.
+            wall, cpu = wall + timer.wall, cpu + timer.cpu + living_children_cpu() - kept_before
+            seconds, frames = seconds + decoded.duration_s, frames + decoded.frames_decoded
+            found = [(c.start_s, c.boundary) for c in decoded.clips[1:] if c.boundary != "split"]
+            scores = real_footage.f1_by_kind(samples.GroundTruth.load(video).boundaries, found)
+            row["f1"][video.stem] = {kind: round(value, 3) for kind, value in scores.items()}
+        row["frames_per_s"] = round(frames / wall, 1)  # of the whole pass (decode included), first load too
+        row["cpu_s_per_video_minute"] = round(cpu / seconds * 60, 2)
+        report[label] = row
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenes-only", action="store_true")
     args = parser.parse_args()
+    if args.scenes_only:
+        report = {"scene_detectors": scene_detectors(), "environment": {"cpus": os.cpu_count()}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return
 
     hd = hd_video()
     uhd = uhd_video()
@@ -204,6 +263,7 @@ def main() -> None:
         "ours": ours_summary,
         "detect_scenes": detect_scenes,
         "uhd": {"file": uhd.name, "size": "3840x2160", **uhd_peak_rss(uhd)},
+        "scene_detectors": scene_detectors(),
         "environment": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

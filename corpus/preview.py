@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from cosmo_data.corpus.query import QueryError, connect, parquet_scan, table_files
+from cosmo_data.storage import location, open_binary
 
 MAX_FAILED_LISTED = 200
 
@@ -133,10 +134,10 @@ def read_keyframes(out: Path, wanted: dict[str, set[str]]) -> dict[tuple[str, in
     """JPEG bytes of native members `<doc_id>.<k>.jpg` for the wanted {group: {doc_id}}."""
     found: dict[tuple[str, int], bytes] = {}
     for group, doc_ids in wanted.items():
-        tar_path = Path(out) / "shards" / "native" / f"{group}.tar"
+        tar_path = location(out) / "shards" / "native" / f"{group}.tar"
         if not tar_path.is_file():
             continue
-        with tarfile.open(tar_path, "r:") as tar:
+        with open_binary(tar_path) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 index, _, suffix = ext.partition(".")
@@ -224,7 +225,7 @@ def _failed_html(failed: list[dict[str, Any]], failed_total: int) -> str:
 
 def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = None) -> PreviewResult:
     """Write the preview page for up to n documents of videos matching `where` (SQL over videos)."""
-    out, dest_html = Path(out), Path(dest_html)
+    out, dest_html = location(out), Path(dest_html)
     connection = connect(out)
     try:
         documents, failed, failed_total = _select(connection, out, n, where)

@@ -2,7 +2,8 @@
 
 Views list the part files found when connecting, so a corpus whose path holds glob characters
 still reads, and a table with no part files becomes an empty view with the schema's columns:
-queries written against the schema keep working on an empty or partial build.
+queries written against the schema keep working on an empty or partial build. A corpus on object
+storage (s3://...) is read in place too, through the project's filesystem registered with DuckDB.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import json
 import math
 from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 
 from cosmo_data.schemas.tables import TABLES
+from cosmo_data.storage import AnyPath, RemotePath, StorageError, duckdb_filesystem, location
 
 OutputFormat = Literal["table", "csv", "json"]
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "csv", "json")
@@ -30,30 +31,39 @@ class QueryError(Exception):
     """A query or corpus that cannot be read; the message is DuckDB's own when DuckDB refused."""
 
 
-def table_files(out: Path, table: str) -> list[Path]:
+def table_files(out: AnyPath | str, table: str) -> list[AnyPath]:
     """The Parquet part files of one table, in group order."""
-    return sorted((Path(out) / table).glob("part-*.parquet"))
+    return sorted((location(out) / table).glob("part-*.parquet"))
 
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def parquet_scan(files: list[Path], *, filename: bool = False) -> str:
+def parquet_scan(files: list[AnyPath], *, filename: bool = False) -> str:
     """A read_parquet(...) expression over these files (listed, so no glob characters are interpreted);
     filename adds each row's file path as a column."""
     file_list = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
     return f"read_parquet({file_list}, union_by_name = true{', filename = true' if filename else ''})"
 
 
-def connect(out: Path) -> duckdb.DuckDBPyConnection:
+def connect(out: AnyPath | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views videos, clips, frames, transcripts, documents."""
-    out = Path(out)
+    try:
+        return _connect(location(out))
+    except StorageError as exc:
+        raise QueryError(str(exc)) from None
+
+
+def _connect(out: AnyPath) -> duckdb.DuckDBPyConnection:
     if not out.is_dir():
         raise QueryError(f"{out} is not a directory (expected the output folder of a build)")
     if not any((out / table).is_dir() for table in TABLES):
         raise QueryError(f"{out} is not a build output: none of {', '.join(TABLES)} is there")
     connection = duckdb.connect()
+    if isinstance(out, RemotePath):
+        # DuckDB's own S3 support (httpfs) is an extension it would download; ours reads the same URIs.
+        connection.register_filesystem(duckdb_filesystem(out.scheme))
     for table, schema in TABLES.items():
         files = table_files(out, table)
         if files:
@@ -63,7 +73,7 @@ def connect(out: Path) -> duckdb.DuckDBPyConnection:
     return connection
 
 
-def run_query(out: Path, sql: str, fmt: OutputFormat = "table") -> str:
+def run_query(out: AnyPath | str, sql: str, fmt: OutputFormat = "table") -> str:
     """Run one SQL statement over the corpus and render its result as text (no trailing newline)."""
     if fmt not in OUTPUT_FORMATS:
         raise QueryError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")

@@ -1,7 +1,8 @@
 """Corpus statistics, computed by DuckDB over the Parquet views of a build (see query.connect).
 
 Video-level numbers (hours, clips, languages) count ok videos only; time per stage and failures
-count every video, since failed videos cost time too.
+count every video, since failed videos cost time too. An ok video with an error is one whose decoding
+stopped early (a truncated or damaged file): it keeps what decoded, and the error says where it stopped.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def _map_totals(connection: duckdb.DuckDBPyConnection, column: str) -> list[tupl
     ).fetchall()
 
 
+def _counter_total(connection: duckdb.DuckDBPyConnection, view: str, key: str) -> int:
+    """The sum of one counter over a view of videos."""
+    return _one(
+        connection,
+        f"""
+        SELECT coalesce(sum(value), 0) FROM (
+            SELECT unnest(map_keys(counters)) AS key, unnest(map_values(counters)) AS value FROM {view}
+        ) WHERE key = '{key}'
+        """,
+    )
+
+
 def compute_stats(out: Path) -> dict[str, Any]:
     """Every number of the stats report; averages are None when there is nothing to average."""
     connection = connect(out)
@@ -64,6 +77,7 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "videos_total": _one(connection, "SELECT count(*) FROM videos"),
         "videos_ok": videos_ok,
         "videos_failed": _one(connection, "SELECT count(*) FROM videos WHERE status <> 'ok'"),
+        "videos_ok_with_decode_error": _one(connection, "SELECT count(*) FROM ok_videos WHERE error IS NOT NULL"),
         "failures": _pairs(
             connection,
             "SELECT status, count(*) AS n FROM videos WHERE status <> 'ok' GROUP BY status ORDER BY n DESC, status",
@@ -73,6 +87,8 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "avg_clips": clips / videos_ok if videos_ok else None,
         "avg_clip_length_s": _one(connection, "SELECT avg(end_s - start_s) FROM ok_clips"),
         "keyframes": _one(connection, "SELECT count(*) FROM frames f JOIN ok_videos v USING (video_id)"),
+        # Keyframes the clips should have had (keyframes.per_clip, max_per_video) that the pool lacked.
+        "keyframe_shortfall": int(_counter_total(connection, "ok_videos", "dropped_keyframe_shortfall")),
         "avg_document_tokens": _one(connection, "SELECT avg(n_tokens) FROM documents"),
         "images": images,
         "avg_images_per_document": images / documents if documents else None,
@@ -127,12 +143,14 @@ def format_stats(stats: dict[str, Any]) -> str:
     corpus_rows = [
         ("samples (documents)", _number(stats["samples"])),
         ("videos ok", _number(stats["videos_ok"])),
+        ("  decoding stopped early", _number(stats["videos_ok_with_decode_error"])),
         ("videos failed", _number(stats["videos_failed"])),
         ("hours of video (ok)", _number(stats["hours_of_video"], 3)),
         ("clips (ok videos)", _number(stats["clips"])),
         ("clips per video", _number(stats["avg_clips"])),
         ("clip length (s)", _number(stats["avg_clip_length_s"])),
         ("keyframes (ok videos)", _number(stats["keyframes"])),
+        ("  short of the budget", _number(stats["keyframe_shortfall"])),
         ("images per document", _number(stats["avg_images_per_document"])),
         ("sentences per document", _number(stats["avg_sentences_per_document"])),
     ]

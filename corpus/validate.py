@@ -27,6 +27,7 @@ from cosmo_data.corpus.validate_shards import check_format
 from cosmo_data.corpus.validation_report import TableFacts, ValidationReport, ids, plural
 from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.tables import TABLES
+from cosmo_data.storage import AnyPath, StorageError, location, open_binary
 
 # ---- build state ------------------------------------------------------------------------------------
 
@@ -117,7 +118,8 @@ def check_table_files(out: Path, report: ValidationReport) -> bool:
         for part in table_files(out, table):
             name = part.relative_to(out)
             try:
-                metadata = pq.read_metadata(part)
+                with open_binary(part) as handle:
+                    metadata = pq.read_metadata(handle)
             except (OSError, pa.ArrowException) as exc:
                 report.problem(f"{name} is not readable Parquet: {exc}")
                 readable = False
@@ -222,11 +224,16 @@ def check_tables(out: Path, report: ValidationReport) -> TableFacts | None:
 # ---- shards -----------------------------------------------------------------------------------------
 
 
-def validate(out: Path) -> ValidationReport:
-    out = Path(out)
+def validate(out: AnyPath | str) -> ValidationReport:
+    """Check a corpus in a folder or on object storage (s3://bucket/prefix)."""
+    out = location(out)
     report = ValidationReport(out)
-    if not out.is_dir():
-        report.problem(f"{out} is not a directory")
+    try:
+        if not out.is_dir():
+            report.problem(f"{out} is not a directory")
+            return report
+    except StorageError as exc:
+        report.problem(str(exc))
         return report
     run = _read_run(out, report)
     formats = _expected_formats(out, run)

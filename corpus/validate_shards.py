@@ -17,7 +17,8 @@ import av
 from PIL import Image
 
 from cosmo_data.corpus.validation_report import TableFacts, ValidationReport, ids, plural
-from cosmo_data.schemas.corpus_layout import COSMO_VIDEO_SPEED, cosmo_frames_read
+from cosmo_data.schemas.corpus_layout import COSMO_VIDEO_SPEED, SIZES_FILES, cosmo_frames_read
+from cosmo_data.storage import open_binary
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -33,7 +34,7 @@ def iter_samples(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) per run of consecutive members sharing a key, in tar order."""
     key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(tar_path, "r:") as tar:
+    with open_binary(tar_path) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -220,20 +221,39 @@ def check_cosmo_timing(
         report.add("cosmo_clips_checked")
 
 
-def _read_sizes(shard_dir: Path, fmt: str, report: ValidationReport) -> dict[str, int] | None:
-    sizes_file = shard_dir / "sizes.json"
+def _read_sizes(shard_dir: Path, name: str, report: ValidationReport) -> dict[str, int] | None:
+    where = f"shards/{shard_dir.name}/{name}"
     try:
-        sizes = json.loads(sizes_file.read_text(encoding="utf-8"))
+        sizes = json.loads((shard_dir / name).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        report.problem(f"shards/{fmt}/sizes.json is missing")
+        report.problem(f"{where} is missing")
         return None
     except (OSError, ValueError) as exc:
-        report.problem(f"shards/{fmt}/sizes.json cannot be read: {exc}")
+        report.problem(f"{where} cannot be read: {exc}")
         return None
     if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):
-        report.problem(f"shards/{fmt}/sizes.json is not an object of tar name -> sample count")
+        report.problem(f"{where} is not an object of tar name -> sample count")
         return None
     return sizes
+
+
+def check_sizes(shard_dir: Path, actual: dict[str, int], report: ValidationReport) -> None:
+    """Each manifest (sizes.json, and num_samples.json that COSMO reads) names exactly the tars there
+    with their true sample counts."""
+    fmt = shard_dir.name
+    for manifest in SIZES_FILES:
+        sizes = _read_sizes(shard_dir, manifest, report)
+        if sizes is None:
+            continue
+        for name in sorted(set(sizes) - set(actual)):
+            report.problem(f"shards/{fmt}/{manifest} lists {name}, which does not exist")
+        for name in sorted(set(actual) - set(sizes)):
+            report.problem(f"shards/{fmt}/{name} is not listed in {manifest}")
+        for name in sorted(set(sizes) & set(actual)):
+            if sizes[name] != actual[name]:
+                report.problem(
+                    f"shards/{fmt}/{manifest} says {name} holds {sizes[name]} samples; it holds {actual[name]}"
+                )
 
 
 def check_format(out: Path, fmt: str, facts: TableFacts | None, report: ValidationReport) -> Counter[str]:
@@ -267,17 +287,7 @@ def check_format(out: Path, fmt: str, facts: TableFacts | None, report: Validati
             report.problem(f"shards/{fmt}/{tar_path.name} is not a readable tar: {exc}")
         actual[tar_path.name] = count
     report.counts[f"samples.{fmt}"] = sum(actual.values())
-    sizes = _read_sizes(shard_dir, fmt, report)
-    if sizes is not None:
-        for name in sorted(set(sizes) - set(actual)):
-            report.problem(f"shards/{fmt}/sizes.json lists {name}, which does not exist")
-        for name in sorted(set(actual) - set(sizes)):
-            report.problem(f"shards/{fmt}/{name} is not listed in sizes.json")
-        for name in sorted(set(sizes) & set(actual)):
-            if sizes[name] != actual[name]:
-                report.problem(
-                    f"shards/{fmt}/sizes.json says {name} holds {sizes[name]} samples; it holds {actual[name]}"
-                )
+    check_sizes(shard_dir, actual, report)
     duplicated = [key for key, n in keys.items() if n > 1]
     if duplicated:
         verb = "appears" if len(duplicated) == 1 else "appear"

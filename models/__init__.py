@@ -159,7 +159,7 @@ def _seeded() -> Iterator[None]:
         yield
 
 
-def _create_once(target: Path, write: Callable[[Path], None]) -> Path:
+def create_once(target: Path, write: Callable[[Path], None]) -> Path:
     """Create target (file or directory) unless it exists, atomically.
 
     The content is written under a temporary name next to it and renamed into place, so a reader
@@ -195,14 +195,14 @@ def tiny_whisper_checkpoint() -> Path:
             torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
         torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, path)
 
-    return _create_once(tiny_dir("whisper") / f"{TINY_WHISPER}.pt", write)
+    return create_once(tiny_dir("whisper") / f"{TINY_WHISPER}.pt", write)
 
 
 def _tiny_open_clip_config(name: str) -> Path:
     def write(path: Path) -> None:
         path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIGS[name], indent=2), encoding="utf-8")
 
-    return _create_once(tiny_dir("open_clip") / f"{name}.json", write)
+    return create_once(tiny_dir("open_clip") / f"{name}.json", write)
 
 
 def register_tiny_open_clip(name: str) -> None:
@@ -228,7 +228,7 @@ def tiny_open_clip_checkpoint(name: str) -> Path:
         torch.save({"state_dict": model.state_dict()}, path)
 
     register_tiny_open_clip(name)
-    return _create_once(tiny_dir("open_clip") / f"{name}.pt", write)
+    return create_once(tiny_dir("open_clip") / f"{name}.pt", write)
 
 
 def tiny_blip_directory() -> Path:
@@ -280,7 +280,7 @@ def tiny_blip_directory() -> Path:
         processor.save_pretrained(path)
         model.save_pretrained(path)
 
-    return _create_once(tiny_dir("hf") / TINY_BLIP, write)
+    return create_once(tiny_dir("hf") / TINY_BLIP, write)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,13 +375,12 @@ def download_models(config: BuildConfig) -> list[str]:
             load_hf_captioner(config.caption.model, "cpu", fp16=False)
             what = f"hf {config.caption.model}"
         fetched.append(f"caption: {what} ({time.perf_counter() - started:.1f} s)")
-    if config.clip_score.enabled:
-        started = time.perf_counter()
-        load_open_clip(config.clip_score.model, config.clip_score.pretrained, "cpu", fp16=False)
-        fetched.append(
-            f"clip_score: open_clip {config.clip_score.model} ({config.clip_score.pretrained}) "
-            f"({time.perf_counter() - started:.1f} s)"
-        )
+    started = time.perf_counter()
+    load_open_clip(config.clip_score.model, config.clip_score.pretrained, "cpu", fp16=False)
+    fetched.append(
+        f"clip_score: open_clip {config.clip_score.model} ({config.clip_score.pretrained}) "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return fetched
 
 

@@ -15,13 +15,17 @@ from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
 
-@lru_cache(maxsize=1)
-def gpt2_encoding() -> tiktoken.Encoding:
+def gpt2_vocabulary() -> Path:
+    """GPT-2's BPE ranks as openai-whisper ships them (tiktoken's file format)."""
     spec = importlib.util.find_spec("whisper")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("openai-whisper is not installed: its assets hold the GPT-2 vocabulary")
-    vocabulary = Path(spec.submodule_search_locations[0]) / "assets" / "gpt2.tiktoken"
-    ranks = load_tiktoken_bpe(str(vocabulary))
+    return Path(spec.submodule_search_locations[0]) / "assets" / "gpt2.tiktoken"
+
+
+@lru_cache(maxsize=1)
+def gpt2_encoding() -> tiktoken.Encoding:
+    ranks = load_tiktoken_bpe(str(gpt2_vocabulary()))
     return tiktoken.Encoding("gpt2-whisper-assets", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={})
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,8 +15,9 @@ from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, ray_fo
 from cosmo_data.pipeline.sources import SourceRow, read_sources
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.schemas.records import INVALID_SOURCE, VideoRecord
+from cosmo_data.schemas.records import FAILURES, INVALID_SOURCE, RETRYABLE, VideoRecord
 from cosmo_data.stages.base import Stage
+from cosmo_data.storage import AnyPath, is_remote, location
 
 
 class BuildError(Exception):
@@ -25,12 +26,15 @@ class BuildError(Exception):
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: AnyPath
     sources: int
     ok: int
     failures: dict[str, int] = field(default_factory=dict)
     groups_written: int = 0
     groups_resumed: int = 0
+    groups_reopened: int = 0  # finished groups taken back to retry their failures (--retry-failed)
+    # The failures of `failures` that may pass on a rerun with --retry-failed (schemas.records.RETRYABLE).
+    retryable: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     ray: RayCluster | None = None  # None when every video was written before (resume) or failed early
 
@@ -42,6 +46,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     from cosmo_data.stages.caption import CaptionStage
     from cosmo_data.stages.clip_score import ClipScoreStage
     from cosmo_data.stages.document import DocumentStage
+    from cosmo_data.stages.shard_samples import ShardSamplesStage
     from cosmo_data.stages.video import VideoStage
 
     stages: list[Stage] = [VideoStage(config)]
@@ -50,23 +55,38 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     if config.caption.enabled:
         stages.append(CaptionStage(config))
     stages.append(DocumentStage(config))
-    if config.clip_score.enabled:
-        stages.append(ClipScoreStage(config))
+    stages.append(ClipScoreStage(config))
     stages.append(AssignStage(config))
+    stages.append(ShardSamplesStage(config))
     return stages
+
+
+# Settings that never change what a build writes, beside every `resources` / `*_resources` section (how
+# wide it runs) and ray_address (where): where temporary files go, the free disk a worker insists on, how
+# many images or sentences go through a model at once. Deadlines are not among them: they decide which
+# videos fail.
+RUN_ONLY_SETTINGS = {
+    ("video", "tmp_dir"),
+    ("video", "min_free_disk_gb"),
+    ("caption", "images_per_forward"),
+    ("clip_score", "images_per_forward"),
+    ("clip_score", "sentences_per_forward"),
+}
 
 
 def build_fingerprint(rows: list[SourceRow], config: BuildConfig) -> str:
     """What decides the output: the sources and every setting except where and how wide it runs."""
     settings = config.model_dump(mode="json", exclude={"ray_address"})
-    for section in settings.values():
+    for name, section in settings.items():
         if isinstance(section, dict):
-            section.pop("resources", None)
+            for key in list(section):
+                if key == "resources" or key.endswith("_resources") or (name, key) in RUN_ONLY_SETTINGS:
+                    del section[key]
     payload = json.dumps({"sources": [r.video_id for r in rows], "config": settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _check_resume(out: Path, fingerprint: str, rows: list[SourceRow], config: BuildConfig) -> None:
+def _check_resume(out: AnyPath, fingerprint: str, rows: list[SourceRow], config: BuildConfig) -> None:
     run_file = out / STATE_DIR / "run.json"
     if run_file.exists():
         previous = json.loads(run_file.read_text())
@@ -94,16 +114,34 @@ def _record_for(row: SourceRow) -> VideoRecord:
     return record
 
 
+def retry_statuses(statuses: Collection[str] | None) -> frozenset[str] | None:
+    """What --retry-failed retries: None for a plain build, every retryable status when none is named."""
+    if statuses is None:
+        return None
+    unknown = sorted(set(statuses) - FAILURES)
+    if unknown:
+        raise BuildError(
+            f"{', '.join(unknown)} is not a failure status; retryable ones: {', '.join(sorted(RETRYABLE))}"
+        )
+    return frozenset(statuses) or RETRYABLE
+
+
 def build(
-    source_paths: list[Path],
-    out: Path,
+    source_paths: list[Path | str],
+    out: AnyPath | str,
     config: BuildConfig,
     *,
     progress: Progress | None = None,
     stages_factory: Callable[[BuildConfig], list[Stage]] = make_stages,
+    retry_failed: Collection[str] | None = None,
 ) -> BuildResult:
+    """Build (or resume) the corpus under out. retry_failed: statuses whose videos' finished groups are
+    taken back and built again whole (an empty collection: every retryable status); None retries nothing.
+    Sources and out may be local paths or object storage URIs (s3://bucket/key)."""
     started = time.perf_counter()
-    rows = read_sources(source_paths)
+    retry = retry_statuses(retry_failed)
+    out = location(out)
+    rows = read_sources([location(path) for path in source_paths])
     if config.ray_address:
         check_ray_address(config.ray_address)
     if not rows:
@@ -112,6 +150,12 @@ def build(
     _check_resume(out, build_fingerprint(rows, config), rows, config)
     writer = CorpusWriter(out, config.output.formats)
     writer.recover()
+    reopened: set[int] = set()
+    if retry:
+        # Groups are fixed by source order, so a group taken back is rebuilt from all its sources and
+        # rewritten whole: nothing is duplicated, and the other groups stay as they are.
+        reopened = {s.group for s in writer.group_summaries() if retry & set(s.failures)}
+        writer.reopen(reopened)
 
     per_group = config.output.videos_per_shard
     done = writer.done_groups()
@@ -127,11 +171,13 @@ def build(
     def on_record(record: VideoRecord) -> None:
         nonlocal written
         group = record.source_index // per_group
-        members = pending[group]
+        members = pending.get(group)
+        if members is None or members.get(record.source_index) is not None:
+            return  # a record Ray handed back twice (a retried task): its group holds it once
         members[record.source_index] = record
         progress.record_done(record)
         if all(m is not None for m in members.values()):
-            free_gb = shutil.disk_usage(out).free / 1e9
+            free_gb = float("inf") if is_remote(out) else shutil.disk_usage(out).free / 1e9
             if free_gb < config.video.min_free_disk_gb:
                 raise BuildError(f"only {free_gb:.2f} GB free under {out}; stopped before writing (resume later)")
             writer.write_group(group, list(members.values()))
@@ -167,24 +213,33 @@ def build(
         ok=sum(s.ok for s in summaries),
         groups_written=written,
         groups_resumed=len(done),
+        groups_reopened=len(reopened),
         wall_s=time.perf_counter() - started,
         ray=cluster,
     )
+    nodes: dict[str, int] = {}
     for summary in summaries:
         for status, n in summary.failures.items():
             result.failures[status] = result.failures.get(status, 0) + n
+        for node, n in summary.nodes.items():
+            nodes[node] = nodes.get(node, 0) + n
+    result.retryable = {status: n for status, n in result.failures.items() if status in RETRYABLE}
     atomic_write_json(
         out / "build.json",
         {
             "sources": result.sources,
             "ok": result.ok,
             "failures": result.failures,
+            "retryable": result.retryable,
             "groups_written": written,
             "groups_resumed": len(done),
+            "groups_reopened": len(reopened),
             "wall_s": round(result.wall_s, 3),
             "formats": config.output.formats,
             "seed": config.seed,
             "ray": asdict(cluster) if cluster else None,
+            # Videos whose video stage ran on each Ray node, over every group written (resumed ones too).
+            "videos_per_node": dict(sorted(nodes.items())),
         },
     )
     progress.finish()

@@ -68,12 +68,26 @@ def worker_groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
+# The stage whose node a video's row names (videos.node_id): it downloads and decodes.
+NODE_STAGE = "video"
+# A worker node lost mid-build (its raylet and workers killed) must not fail the build: an actor of a
+# pool restarts without limit on the nodes left, and the batches it held are sent again. These are Ray
+# Data's defaults for actor pools (ActorPoolMapOperator._apply_default_remote_args; tests/pipeline/
+# test_cluster.py checks they still are): passing them to map_batches goes through ray_remote_args,
+# which Ray 2.60 deprecates. A record comes back once (a batch's output is handed on when its task has
+# finished), and the build ignores a second copy of a record all the same.
+ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}
+
+
 class _StageWorker:
     """Ray actor body: owns one instance of each stage of its group for its lifetime."""
 
     def __init__(self, stages: list[Stage], seed: int):
+        import ray
+
         self.stages = stages
         self.seed = seed
+        self.node_id = ray.get_runtime_context().get_node_id() if any(s.name == NODE_STAGE for s in stages) else None
         for stage in stages:
             stage.setup()
 
@@ -87,6 +101,9 @@ class _StageWorker:
                 seed_for_batch(self.seed, chunk)
                 done.extend(stage.process(chunk))
             records = done
+        if self.node_id:
+            for record in records:
+                record.node_id = self.node_id
         return {"record": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]}
 
 

@@ -8,11 +8,14 @@ Duplicates (same video_id) are skipped.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
+
+from cosmo_data.storage import AnyPath, RemotePath, StorageError, location
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 YOUTUBE_HOSTS = {"youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com", "youtu.be"}
@@ -61,8 +64,9 @@ def _youtube_id_from_url(url: str) -> str | None:
     return candidate if YOUTUBE_ID.match(candidate) else None
 
 
-def classify(value: str, index: int, base_dir: Path | None = None) -> SourceRow:
-    """Turn one source value into a row; never raises."""
+def classify(value: str, index: int, base_dir: AnyPath | None = None) -> SourceRow:
+    """Turn one source value into a row; never raises. A source file on object storage (base_dir remote)
+    names videos by YouTube id or URL: a path in it has no machine to be on."""
     text = value.strip()
 
     def invalid(reason: str) -> SourceRow:
@@ -94,6 +98,8 @@ def classify(value: str, index: int, base_dir: Path | None = None) -> SourceRow:
         return invalid("path traversal ('..') is not allowed in source paths")
     if "/" not in path_text and path.suffix.lower() not in VIDEO_SUFFIXES:
         return invalid("not a YouTube id, an http(s) URL or a video file path")
+    if isinstance(base_dir, RemotePath):
+        return invalid("a source on object storage names videos by YouTube id or http(s) URL, not by file path")
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     absolute = str(path.absolute())
@@ -111,7 +117,7 @@ def _dedupe(rows: list[SourceRow]) -> list[SourceRow]:
     return unique
 
 
-def _rows_from_text(path: Path) -> list[SourceRow]:
+def _rows_from_text(path: AnyPath) -> list[SourceRow]:
     rows = []
     index = 0
     for raw in path.read_bytes().splitlines():
@@ -131,11 +137,14 @@ def _rows_from_text(path: Path) -> list[SourceRow]:
     return rows
 
 
-def _rows_from_table(path: Path) -> list[SourceRow]:
+def _rows_from_table(path: AnyPath) -> list[SourceRow]:
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str)
+        data = io.BytesIO(path.read_bytes()) if isinstance(path, RemotePath) else path
+        frame = pd.read_parquet(data) if path.suffix.lower() == ".parquet" else pd.read_csv(data, dtype=str)
+    except StorageError:
+        raise
     except Exception as exc:
         raise SourceError(f"cannot read source table {path}: {exc}") from exc
     column = next((c for c in ("url", "video_id", "path") if c in frame.columns), None)
@@ -152,11 +161,21 @@ def _rows_from_table(path: Path) -> list[SourceRow]:
     return rows
 
 
-def read_sources(paths: list[Path]) -> list[SourceRow]:
-    """Read every source given on the command line, in order, numbering rows across them."""
+def read_sources(paths: list[AnyPath | str]) -> list[SourceRow]:
+    """Read every source given on the command line, in order, numbering rows across them. A source on
+    object storage (s3://bucket/key) is a text, CSV or Parquet file; its problems raise StorageError."""
     rows: list[SourceRow] = []
     for path in paths:
-        path = Path(path)
+        path = location(path)
+        if isinstance(path, RemotePath):
+            if not path.is_file():
+                raise SourceError(f"source {path} does not exist ({path.missing_reason()})")
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                raise SourceError(f"source {path} is a video on object storage; list its URL in a text file instead")
+            part = _rows_from_table(path) if path.suffix.lower() in (".csv", ".parquet") else _rows_from_text(path)
+            offset = len(rows)
+            rows.extend(_renumber(row, offset + row.source_index) for row in part)
+            continue
         if not path.exists():
             raise SourceError(f"source {path} does not exist")
         if path.is_dir():

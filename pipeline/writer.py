@@ -3,48 +3,42 @@
 A group is a fixed slice of the source list (source_index // videos_per_shard), so shard membership
 depends only on the sources, never on which worker finished first. A group is written whole:
 every file goes to a temporary name and is renamed into place, then the group's done marker is written,
-then the manifests (sizes.json, and num_samples.json for COSMO's loader) are rebuilt from the markers. A killed run therefore leaves either a
-complete group or files that recover() removes; a rerun redoes exactly the groups without a marker.
+then the manifests (sizes.json, and num_samples.json for COSMO's loader) are rewritten from the groups'
+counts, which the writer reads from the markers once (recover) and keeps in memory. A killed run therefore
+leaves either a complete group or files that recover() removes; a rerun redoes exactly the groups without a
+marker. reopen() takes groups back (marker first, then files), so a rerun writes them again whole.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
 from cosmo_data.schemas import tables as schemas
 from cosmo_data.schemas.corpus_layout import SIZES_FILES
-from cosmo_data.schemas.records import FILTERED, VideoRecord
+from cosmo_data.schemas.records import VideoRecord
+from cosmo_data.storage import AnyPath, is_remote, write_atomic
 
 STATE_DIR = "_state"
 TMP_PREFIX = ".tmp-"
-# Shards are byte-identical across reruns: fixed member metadata, members in a fixed order.
-TAR_MTIME = 0
 
 
 def group_name(group: int) -> str:
     return f"{group:06d}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def atomic_write_bytes(path: AnyPath, data: bytes) -> None:
+    """Locally a temporary name, synced and renamed; on object storage one upload (visible when whole)."""
+    write_atomic(path, data, TMP_PREFIX)
 
 
-def atomic_write_json(path: Path, value: object) -> None:
+def atomic_write_json(path: AnyPath, value: object) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
 
 
@@ -55,6 +49,8 @@ class GroupSummary:
     ok: int
     failures: dict[str, int] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
+    # Videos per Ray node that ran their video stage (videos.node_id); markers written before it lack it.
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
@@ -77,6 +73,7 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                 "video_codec": record.video_codec,
                 "file_size": record.file_size,
                 "language": record.language,
+                "node_id": record.node_id,
                 "n_clips": len(record.clips),
                 "n_frames": len(record.frames),
                 "n_segments": len(record.transcript),
@@ -94,6 +91,8 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                     "start_s": clip.start_s,
                     "end_s": clip.end_s,
                     "boundary": clip.boundary,
+                    "boundary_detector": clip.boundary_detector,
+                    "boundary_score": clip.boundary_score,
                 }
             )
         for frame in record.frames:
@@ -139,73 +138,79 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
     return rows
 
 
-def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
-    """A webdataset tar: members `<key>.<ext>`, grouped by sample, in a fixed order."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            key = sample["__key__"]
-            for ext in sorted(k for k in sample if k != "__key__"):
-                data = sample[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = TAR_MTIME
-                info.mode = 0o444
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def tar_bytes(members: list[bytes]) -> bytes:
+    """A webdataset tar of samples already made as tar members (stages/shard_samples.py), ended as
+    tarfile ends one: two zero blocks, then zeros to a whole record."""
+    data = b"".join(members) + bytes(2 * tarfile.BLOCKSIZE)
+    return data + bytes(-len(data) % tarfile.RECORDSIZE)
 
 
 class CorpusWriter:
-    def __init__(self, out: Path, formats: list[str]):
+    def __init__(self, out: AnyPath, formats: list[str]):
         self.out = out
         self.formats = list(formats)
         self.groups_dir = out / STATE_DIR / "groups"
+        # Done groups' counts, read from the markers once and kept up to date as groups are written: at
+        # 4,700 groups, re-reading every marker for each group written cost ~100 ms a group.
+        self._summaries: dict[int, GroupSummary] | None = None
 
-    def _group_files(self, group: int) -> list[Path]:
+    def _group_files(self, group: int) -> list[AnyPath]:
         name = group_name(group)
         files = [self.out / table / f"part-{name}.parquet" for table in schemas.TABLES]
         files += [self.out / "shards" / fmt / f"{name}.tar" for fmt in self.formats]
         return files
 
+    def _read_markers(self) -> dict[int, GroupSummary]:
+        summaries: dict[int, GroupSummary] = {}
+        if self.groups_dir.exists():
+            for marker in self.groups_dir.glob("*.json"):
+                if marker.stem.isdigit() and marker.stem == group_name(int(marker.stem)):
+                    summary = GroupSummary(**json.loads(marker.read_text()))
+                    summaries[summary.group] = summary
+        return summaries
+
+    def _done(self) -> dict[int, GroupSummary]:
+        if self._summaries is None:
+            self._summaries = self._read_markers()
+        return self._summaries
+
     def done_groups(self) -> set[int]:
-        if not self.groups_dir.exists():
-            return set()
-        return {int(p.stem) for p in self.groups_dir.glob("*.json") if p.stem.isdigit()}
+        return set(self._done())
 
     def recover(self) -> None:
-        """Remove what a killed run left half-done, and rebuild manifests from the done markers."""
-        done = self.done_groups()
-        for path in self.out.rglob(f"{TMP_PREFIX}*"):
-            path.unlink()
-        for table in schemas.TABLES:
-            for part in (self.out / table).glob("part-*.parquet"):
-                if int(part.stem.removeprefix("part-")) not in done:
-                    part.unlink()
-        for fmt in self.formats:
-            for shard in (self.out / "shards" / fmt).glob("*.tar"):
-                if not shard.stem.isdigit() or int(shard.stem) not in done:
-                    shard.unlink()
+        """Remove what a killed run left half-done, and rewrite the manifests from the done markers.
+
+        The build owns every `*.parquet` of its table folders and every `*.tar` of its shard folders
+        (readers take them all): one that is not a done group's file, under the very name the writer
+        gives it, is removed, whatever its name. Other files there are left alone.
+        """
+        self._summaries = self._read_markers()
+        keep = {path for group in self._summaries for path in self._group_files(group)}
+        if not is_remote(self.out):  # object storage gets no temporary names: an upload shows when whole
+            for path in self.out.rglob(f"{TMP_PREFIX}*"):
+                path.unlink()
+        folders = [(self.out / table, "*.parquet") for table in schemas.TABLES]
+        folders += [(self.out / "shards" / fmt, "*.tar") for fmt in self.formats]
+        for folder, pattern in folders:
+            for path in folder.glob(pattern):
+                if path not in keep and (is_remote(path) or path.is_file()):
+                    path.unlink()
         self.write_manifests()
 
-    def _samples(self, records: list[VideoRecord]) -> dict[str, list[dict[str, bytes]]]:
-        """Samples per format; a record that a format cannot hold fails in all, so formats never disagree."""
-        samples: dict[str, list[dict[str, bytes]]] = {fmt: [] for fmt in self.formats}
-        for record in records:
-            per_format = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
-            empty = [fmt for fmt, sample in per_format.items() if sample is None]
-            if record.ok and empty:
-                # Every document is in every format, or in none: trainers mixing formats see one corpus.
-                record.fail(FILTERED, f"document has nothing to write in the {', '.join(empty)} format")
-                continue
-            for fmt, sample in per_format.items():
-                if sample is not None:
-                    samples[fmt].append(sample)
-        return samples
+    def reopen(self, groups: set[int]) -> None:
+        """Take done groups back so that the build writes them again whole: each marker goes first, then
+        the group's files (a kill in between leaves files without a marker, which recover() removes)."""
+        done = self._done()
+        for group in sorted(groups & set(done)):
+            (self.groups_dir / f"{group_name(group)}.json").unlink()
+            del done[group]
+            for path in self._group_files(group):
+                path.unlink(missing_ok=True)
+        self.write_manifests()
 
     def write_group(self, group: int, records: list[VideoRecord]) -> GroupSummary:
         records = sorted(records, key=lambda r: r.source_index)
         name = group_name(group)
-        samples = self._samples(records)
         for table, rows in table_rows(records).items():
             sink = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(rows, schema=schemas.TABLES[table]), sink)
@@ -214,20 +219,20 @@ class CorpusWriter:
         for record in records:
             if not record.ok:
                 summary.failures[record.status] = summary.failures.get(record.status, 0) + 1
-        for fmt, fmt_samples in samples.items():
-            atomic_write_bytes(self.out / "shards" / fmt / f"{name}.tar", tar_bytes(fmt_samples))
-            summary.samples[fmt] = len(fmt_samples)
+        summary.nodes = dict(sorted(Counter(r.node_id for r in records if r.node_id).items()))
+        for fmt in self.formats:
+            members = [record.shard_members[fmt] for record in records if record.ok and fmt in record.shard_members]
+            atomic_write_bytes(self.out / "shards" / fmt / f"{name}.tar", tar_bytes(members))
+            summary.samples[fmt] = len(members)
         # The marker comes after every file of the group, the manifests after the marker.
         atomic_write_json(self.groups_dir / f"{name}.json", summary.__dict__)
+        self._done()[group] = summary
         self.write_manifests()
         return summary
 
     def group_summaries(self) -> list[GroupSummary]:
-        summaries = []
-        for group in sorted(self.done_groups()):
-            data = json.loads((self.groups_dir / f"{group_name(group)}.json").read_text())
-            summaries.append(GroupSummary(**data))
-        return summaries
+        done = self._done()
+        return [done[group] for group in sorted(done)]
 
     def write_manifests(self) -> None:
         summaries = self.group_summaries()

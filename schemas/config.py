@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(Exception):
@@ -15,6 +16,32 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as config files and --set values are read: safe_load with YAML 1.2's plain scalars. YAML 1.1
+    also reads yes/no/on/off as booleans (`language: no`, Whisper's code for Norwegian, became False),
+    1:30 as 90, 0755 as octal and 2024-01-01 as a date; here only true/false are booleans, numbers are
+    decimal (or 0x hex) with floats like 1e-3, and the rest stays text. A boolean option still takes
+    yes/no/on/off, and a number option "0755": pydantic reads them."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if not tag.endswith((":bool", ":int", ":float", ":timestamp"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("float", r"[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+", "-+.0123456789"),
+    ("float", r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+."),
+):
+    _YamlLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with only true/false as booleans (numbers, null, lists and mappings as usual)."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: constructs plain data only
 
 
 class StageResourcesConfig(_Strict):
@@ -35,9 +62,19 @@ class DownloadConfig(_Strict):
 
 
 class ScenesConfig(_Strict):
-    detector: Literal["content", "adaptive", "histogram", "hash"] = "content"
-    # Threshold of the chosen hard-cut detector; None keeps PySceneDetect's default.
+    # The hard-cut detector (with the gradual detectors below): "spike" (stages/cuts.py: a spike of the
+    # motion-compensated difference, so no cuts inside fast motion) or one of PySceneDetect's; or the
+    # learned TransNetV2 (stages/transnet.py: cuts and gradual transitions from every frame at 48x27).
+    detector: Literal["spike", "content", "adaptive", "histogram", "hash", "transnetv2"] = "spike"
+    # Threshold of the chosen hard-cut detector; None keeps its default.
     threshold: float | None = None
+    # spike: a cut's difference is at least this many times that of the samples beside it.
+    cut_ratio: float = Field(1.7, gt=1)
+    # TransNetV2: a frame whose one-frame prediction exceeds this is in a transition; windows of 100
+    # frames run this many at a time; "auto" is the GPU where there is one.
+    transnet_threshold: float = Field(0.5, gt=0, lt=1)
+    transnet_batch_windows: int = Field(8, ge=1)
+    transnet_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Gradual transitions (fades, dissolves): content change across a window of this length.
     gradual: bool = True
     gradual_window_s: float = Field(1.0, gt=0)
@@ -118,16 +155,22 @@ class CaptionConfig(_Strict):
     pretrained: str | None = "mscoco_finetuned_laion2B-s13B-b90k"  # open_clip tag or checkpoint path
     prompt: str | None = None
     max_tokens: int = Field(30, ge=1)
-    # Also the number of keyframes per forward pass, gathered across the batch's videos.
+    # Keyframes decoded and captioned per forward pass, gathered across the videos of a call
+    # (resources.batch_size is videos per call); each pass's keyframes are decoded just before it.
+    images_per_forward: int = Field(32, ge=1)
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=32)
     fp16: bool = True  # used on GPU only
 
 
 class ClipScoreConfig(_Strict):
-    enabled: bool = True
+    """Always runs: assignment places frames by their CLIP scores."""
+
     model: str = "ViT-L-14"
     pretrained: str | None = "openai"
-    # Also the number of images (and of sentences) per forward pass.
+    # Images decoded and embedded per forward pass, and sentences per text forward pass, across the
+    # videos of a call (resources.batch_size is videos per call).
+    images_per_forward: int = Field(16, ge=1)
+    sentences_per_forward: int = Field(64, ge=1)
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=16)
     fp16: bool = True  # used on GPU only
 
@@ -153,6 +196,8 @@ class OutputConfig(_Strict):
     formats: list[Literal["native", "mmc4", "cosmo"]] = ["native", "mmc4", "cosmo"]
     # Sources per output group: one Parquet part per table and one tar per format per group.
     videos_per_shard: int = Field(64, ge=1)
+    # The last stage, making every layout's samples on the workers (CPU only, light).
+    resources: StageResourcesConfig = StageResourcesConfig(batch_size=8)
 
 
 class BuildConfig(_Strict):
@@ -168,40 +213,45 @@ class BuildConfig(_Strict):
     assign: AssignConfig = AssignConfig()
     output: OutputConfig = OutputConfig()
 
-    @model_validator(mode="after")
-    def _assignment_needs_scores(self) -> BuildConfig:
-        if not self.clip_score.enabled:
-            raise ValueError("clip_score.enabled must stay true: assignment places frames by their CLIP scores")
-        return self
-
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
-    """Read YAML (or defaults) and apply dotted overrides like {"asr.model": "tiny"}."""
+    """Read YAML (or defaults) and apply dotted overrides like {"asr.model": "tiny"}; None sets null."""
+    return load_model_config(BuildConfig, path, overrides, ConfigError)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def load_model_config(
+    model: type[Model], path: Path | None, overrides: dict[str, Any] | None, error: type[Exception]
+) -> Model:
+    """A typed config from YAML (or its defaults) with dotted overrides applied; every problem is one
+    line raised as `error` (the build's ConfigError, the trainer's TrainError)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+            raise error(f"cannot read config {path}: {exc.strerror or exc}") from exc
         try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+            raise error(f"config {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
+            raise error(f"config {path} must be a mapping at the top level")
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise error(f"--set {dotted}: {key} is not a section")
         node[leaf] = value
     try:
-        return BuildConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         where = f"config {path}" if path else "config"
         first = exc.errors()[0]
         field_name = ".".join(str(p) for p in first["loc"])
         location = f"{field_name}: " if field_name else ""
-        raise ConfigError(f"{where}: {location}{first['msg']}") from exc
+        raise error(f"{where}: {location}{first['msg']}") from exc

@@ -24,7 +24,35 @@ ASR_FAILED = "asr_failed"
 CAPTION_FAILED = "caption_failed"
 CLIP_SCORE_FAILED = "clip_score_failed"
 DOCUMENT_FAILED = "document_failed"
+SHARD_FAILED = "shard_failed"
 INTERNAL_ERROR = "internal_error"
+# A download given up on because the host kept answering 429 Too Many Requests (YouTube's rate limit).
+RATE_LIMITED = "rate_limited"
+
+FAILURES = frozenset(
+    {
+        INVALID_SOURCE,
+        DOWNLOAD_FAILED,
+        TOO_LONG,
+        TOO_LARGE,
+        DECODE_FAILED,
+        NO_VIDEO_STREAM,
+        NO_SCENES,
+        FILTERED,
+        DEADLINE_EXCEEDED,
+        DISK_FULL,
+        ASR_FAILED,
+        CAPTION_FAILED,
+        CLIP_SCORE_FAILED,
+        DOCUMENT_FAILED,
+        SHARD_FAILED,
+        INTERNAL_ERROR,
+        RATE_LIMITED,
+    }
+)
+# Failures of the moment, not of the video: a worker's disk, a host's rate limit, a deadline met on a
+# busy machine. `cosmo-data build --retry-failed` reruns the groups that hold them.
+RETRYABLE = frozenset({DISK_FULL, RATE_LIMITED, DEADLINE_EXCEEDED})
 
 
 class VideoFailure(Exception):
@@ -43,6 +71,14 @@ class Clip:
     end_s: float
     # What opened this clip: "start" (first clip), "cut", "gradual" (fade/dissolve) or "split" (max length).
     boundary: str = "cut"
+    # Which detector found that boundary ("content", "adaptive", "histogram", "hash" for cuts, "fade",
+    # "gradual" for the gradual ones, or "transnetv2") and its score there: the cut detector's frame
+    # score (spike: the motion-compensated difference, 0..255), "fade": the frame's mean brightness,
+    # "gradual": a fade's dip depth (0..1), a dissolve's prominence (>= 1) or, where fast motion hides
+    # that, its variance ratio (< 0.75); TransNetV2's transition probability.
+    # None for the first clip and splits.
+    boundary_detector: str | None = None
+    boundary_score: float | None = None
 
 
 @dataclass
@@ -119,6 +155,8 @@ class VideoRecord:
     video_codec: str | None = None
     file_size: int | None = None
     language: str | None = None
+    # The Ray node that ran the video stage for it (set by the Ray adapter; stages never import ray).
+    node_id: str | None = None
     # Seconds spent per stage, e.g. {"download": 1.2, "decode": 3.4}.
     timings: dict[str, float] = field(default_factory=dict)
     # Counts of things filters removed, keyed "dropped_<reason>".
@@ -130,6 +168,8 @@ class VideoRecord:
     transcript: list[Segment] = field(default_factory=list)
     # Only when the cosmo shard format is on.
     cosmo_video: CosmoVideo | None = None
+    # Layout -> this record's sample as tar members (stages/shard_samples.py), made by the last stage.
+    shard_members: dict[str, bytes] = field(default_factory=dict)
     document: Document | None = None
 
     @property
@@ -142,6 +182,7 @@ class VideoRecord:
         self.error = error
         self.audio_pcm = None
         self.cosmo_video = None
+        self.shard_members = {}
         self.document = None
 
     def image_info(self) -> list[dict]:

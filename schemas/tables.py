@@ -20,6 +20,8 @@ VIDEOS = pa.schema(
         pa.field("video_codec", pa.string()),
         pa.field("file_size", pa.int64()),
         pa.field("language", pa.string()),
+        # The Ray node that ran the video stage (download + decode) for it; null where no stage ran.
+        pa.field("node_id", pa.string()),
         pa.field("n_clips", pa.int32(), nullable=False),
         pa.field("n_frames", pa.int32(), nullable=False),
         pa.field("n_segments", pa.int32(), nullable=False),
@@ -37,6 +39,9 @@ CLIPS = pa.schema(
         pa.field("start_s", pa.float64(), nullable=False),
         pa.field("end_s", pa.float64(), nullable=False),
         pa.field("boundary", pa.string(), nullable=False),
+        # Which detector found the boundary and its score (schemas/records.py Clip); null where none did.
+        pa.field("boundary_detector", pa.string()),
+        pa.field("boundary_score", pa.float64()),
     ]
 )
 

@@ -138,11 +138,13 @@ class CaptionStage:
         return process_batched(batch, self._caption, stage=self.name, failure_status=CAPTION_FAILED)
 
     def _caption(self, records: list[VideoRecord]) -> None:
-        frames = [frame for record in records for frame in record.frames]
-        images = [open_frame(record, frame, CAPTION_FAILED) for record in records for frame in record.frames]
-        per_forward = self.config.resources.batch_size
+        # resources.batch_size videos per call, at up to max_per_video keyframes each: decoded at once they
+        # were thousands of images. Each forward pass's keyframes are decoded just before it instead.
+        keyframes = [(record, frame) for record in records for frame in record.frames]
+        per_forward = self.config.images_per_forward
         captions: list[str] = []
-        for start in range(0, len(images), per_forward):
-            captions.extend(self.captioner.caption(images[start : start + per_forward]))
-        for frame, caption in zip(frames, captions, strict=True):
+        for start in range(0, len(keyframes), per_forward):
+            chunk = keyframes[start : start + per_forward]
+            captions.extend(self.captioner.caption([open_frame(r, f, CAPTION_FAILED) for r, f in chunk]))
+        for (_, frame), caption in zip(keyframes, captions, strict=True):
             frame.caption = caption

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from cosmo_data.models import OpenClipModel, load_open_clip, no_grad, pick_device
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.schemas.records import CLIP_SCORE_FAILED, VideoRecord
+from cosmo_data.schemas.records import CLIP_SCORE_FAILED, Frame, VideoRecord
 from cosmo_data.stages.base import process_batched, resources_from
 from cosmo_data.stages.caption import open_frame
 
@@ -45,11 +43,8 @@ class ClipScoreStage:
             return
         # A document that has not chosen its images yet is scored on all keyframes.
         image_frames = [r.document.image_frames or list(range(len(r.frames))) for r in scored]
-        images = [
-            open_frame(record, record.frames[k], CLIP_SCORE_FAILED)
-            for record, indices in zip(scored, image_frames)
-            for k in indices
-        ]
+        # Decoded a forward pass at a time (images_per_forward), never all of a call's videos at once.
+        images = [(record, record.frames[k]) for record, indices in zip(scored, image_frames) for k in indices]
         texts = [sentence.text for record in scored for sentence in record.document.sentences]
         image_embeddings = self._embed_images(images)
         text_embeddings = self._embed_texts(texts)
@@ -69,13 +64,14 @@ class ClipScoreStage:
             record.document.similarity = similarity
 
     @no_grad
-    def _embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+    def _embed_images(self, images: list[tuple[VideoRecord, Frame]]) -> torch.Tensor:
         import torch
 
-        clip, per_forward = self.clip, self.config.resources.batch_size
+        clip, per_forward = self.clip, self.config.images_per_forward
         chunks = []
         for start in range(0, len(images), per_forward):
-            pixels = torch.stack([clip.preprocess(image) for image in images[start : start + per_forward]])
+            chunk = images[start : start + per_forward]
+            pixels = torch.stack([clip.preprocess(open_frame(r, f, CLIP_SCORE_FAILED)) for r, f in chunk])
             chunks.append(clip.model.encode_image(pixels.to(clip.device, clip.dtype)).float())
         return torch.nn.functional.normalize(torch.cat(chunks).cpu(), dim=-1)
 
@@ -83,7 +79,7 @@ class ClipScoreStage:
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         import torch
 
-        clip, per_forward = self.clip, self.config.resources.batch_size
+        clip, per_forward = self.clip, self.config.sentences_per_forward
         chunks = []
         for start in range(0, len(texts), per_forward):
             tokens = clip.tokenizer(texts[start : start + per_forward])

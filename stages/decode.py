@@ -42,8 +42,8 @@ from cosmo_data.schemas.records import (
 from cosmo_data.stages.audio import AudioCollector
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 from cosmo_data.stages.frame_sampling import SCALING, RateSampler, fit_width
-from cosmo_data.stages.keyframes import CandidatePool
-from cosmo_data.stages.scenes import DetectorProcess, clips_from_boundaries
+from cosmo_data.stages.keyframes import CandidatePool, wanted_keyframes
+from cosmo_data.stages.scenes import TRANSNETV2, clips_from_boundaries, detector_process
 
 # Up to this height the decoder gets a deeper frame-thread pipeline. Taller frames take long enough
 # to decode that Python's share hides behind them, and each frame in flight costs memory (4K: peak
@@ -51,6 +51,8 @@ from cosmo_data.stages.scenes import DetectorProcess, clips_from_boundaries
 DEEP_PIPELINE_MAX_HEIGHT = 1080
 # ffmpeg's own limit for automatic frame threads.
 MAX_DECODER_THREADS = 16
+# TransNetV2's input size (stages/transnet.py; not imported here, so the decoder never loads torch).
+TRANSNET_WIDTH, TRANSNET_HEIGHT = 48, 27
 # Header and decoded durations closer than this agree; further apart, the decoded one is the truth.
 DURATION_SLACK_S = 0.5
 
@@ -72,14 +74,18 @@ class DecodedVideo:
     frames_decoded: int = 0
     frames_sampled: int = 0
     candidates_encoded: int = 0
-    decode_error: str | None = None  # set when decoding stopped early but some frames came out
+    # Set when decoding stopped early but some frames came out: where, of how long, and ffmpeg's words.
+    decode_error: str | None = None
+    keyframe_shortfall: int = 0  # keyframes the clips should have had but the candidate pool lacked
 
 
 def decode_video(path: Path, record: VideoRecord, config: BuildConfig, cosmo_video: Path | None = None) -> None:
     """Fill the record's probe fields, clips, keyframes, audio (and cosmo video) from one pass over `path`.
 
     Raises VideoFailure(NO_VIDEO_STREAM) for files without video and VideoFailure(DECODE_FAILED)
-    with ffmpeg's own words (temp paths replaced by the source) when no frame decodes.
+    with ffmpeg's own words (temp paths replaced by the source) when no frame decodes. A video whose
+    decoding stopped early (a truncated or damaged file) keeps what decoded and stays ok, with the
+    reason in record.error and counted as dropped_decode_truncated.
     """
     record.file_size = path.stat().st_size
     decoded = decode_pass(path, config, record.source, cosmo_video)
@@ -94,6 +100,10 @@ def decode_video(path: Path, record: VideoRecord, config: BuildConfig, cosmo_vid
     record.frames = decoded.frames
     record.audio_pcm = decoded.audio_pcm
     record.cosmo_video = decoded.cosmo_video
+    if decoded.decode_error is not None:
+        record.error = decoded.decode_error
+        record.count("decode_truncated")
+    record.count("keyframe_shortfall", decoded.keyframe_shortfall)
 
 
 def decode_pass(path: Path, config: BuildConfig, source: str, cosmo_video: Path | None = None) -> DecodedVideo:
@@ -141,10 +151,12 @@ def _scan(
         # Twice ffmpeg's own count of frame threads (cores + 1): the deeper pipeline keeps decoding
         # while Python looks at a frame (20-minute 360p upload on 2 cores: 35 s -> 30 s for the pass).
         coded.thread_count = min(MAX_DECODER_THREADS, 2 * ((os.cpu_count() or 1) + 1))
-    if config.video.skip_unreferenced_frames:
+    # TransNetV2 reads every frame at the video's own rate: no frame may be skipped for it.
+    if config.video.skip_unreferenced_frames and config.scenes.detector != TRANSNETV2:
         coded.skip_frame = "NONREF"
     audio_stream = container.streams.audio[0] if container.streams.audio else None
-    want_audio = audio_stream is not None and config.video.audio
+    # Only ASR listens to the audio: without it, audio is neither decoded nor carried.
+    want_audio = audio_stream is not None and config.video.audio and config.asr.enabled
     origin_s = container.start_time / av.time_base if container.start_time is not None else 0.0
     fps = _stream_fps(video)
 
@@ -153,9 +165,12 @@ def _scan(
         CosmoVideoEncoder(cosmo_video, video_config.clip_fps, video_config.clip_max_height) if cosmo_video else None
     )
     scan = _VideoScan(config, coded, fps, origin_s, encoder)
-    audio = AudioCollector(origin_s) if want_audio else None
+    # Gaps in the audio are filled with silence, never past the end the header gives.
+    header_end_s = container.duration / av.time_base if container.duration else None
+    audio = AudioCollector(origin_s, header_end_s) if want_audio else None
     streams = [video, audio_stream] if want_audio else [video]
     error: str | None = None
+    errors_before, _ = av.logging.get_last_error()
     try:
         try:
             for packet in container.demux(streams):
@@ -180,6 +195,15 @@ def _scan(
     # The header's duration, unless decoding says otherwise (a truncated file still claims it all).
     trust_probe = error is None and probed_s is not None and abs(probed_s - decoded_end_s) <= DURATION_SLACK_S
     duration_s = probed_s if trust_probe else decoded_end_s
+    errors_after, last = av.logging.get_last_error()
+    if error is None and not trust_probe and probed_s is not None and decoded_end_s < probed_s:
+        # Short of the header and ffmpeg complained on the way ("partial file", "File ended
+        # prematurely"): the file is damaged, not merely described loosely.
+        if errors_after > errors_before and last:
+            error = _scrub(f"[{last[1]}] {last[2].strip()}", aliases, source)
+    if error is not None:
+        of = f"of {probed_s:.2f} s (the header's duration)" if probed_s is not None else "(the header has no duration)"
+        error = f"decoding stopped at {decoded_end_s:.2f} s {of}: {error}"
     clips = clips_from_boundaries(boundaries, decoded_end_s, config.scenes.max_clip_s)
     frames = scan.candidates.pick(clips, config.scenes.gradual_window_s)
     width, height = scan.display_size
@@ -199,6 +223,7 @@ def _scan(
         frames_sampled=scan.frames_sampled,
         candidates_encoded=scan.candidates.encoded,
         decode_error=error,
+        keyframe_shortfall=wanted_keyframes(len(clips), config.keyframes) - len(frames),
     )
 
 
@@ -216,11 +241,14 @@ class _VideoScan:
     ):
         self.cosmo_video = cosmo_video
         self._codec = codec
-        self.scenes = DetectorProcess(config.scenes)
+        self.scenes = detector_process(config.scenes)
         self.candidates = CandidatePool(config.keyframes)
         self._config = config
         self._origin_s = origin_s
         self._frame_s = 1.0 / fps
+        # TransNetV2 gets every frame, 48x27 RGB (what its own predict_video gives it: ffmpeg's
+        # bicubic scaling); the other detectors frames at detect_fps, detect_width wide, BGR.
+        self._every_frame = config.scenes.detector == TRANSNETV2
         self._detect = RateSampler(config.scenes.detect_fps)
         self._detect_reformatter = VideoReformatter()
         self.frames_decoded = 0
@@ -244,7 +272,13 @@ class _VideoScan:
             # Without its unreferenced frames the stream is sparser than the detectors need (e.g.
             # three B-frames between references): decode every frame from here on.
             self._codec.skip_frame = "DEFAULT"
-        if self._detect.take(t_s):
+        if self._every_frame:
+            self.frames_sampled += 1
+            small = self._detect_reformatter.reformat(
+                frame, width=TRANSNET_WIDTH, height=TRANSNET_HEIGHT, format="rgb24", interpolation="BICUBIC", threads=1
+            ).to_ndarray()
+            self.scenes.push(t_s, small)
+        elif self._detect.take(t_s):
             self.frames_sampled += 1
             width, height = fit_width(frame.width, frame.height, self._config.scenes.detect_width)
             small = self._detect_reformatter.reformat(

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +41,7 @@ from cosmo_data.schemas.records import (
     DISK_FULL,
     DOWNLOAD_FAILED,
     INVALID_SOURCE,
+    RATE_LIMITED,
     TOO_LARGE,
     TOO_LONG,
     VideoFailure,
@@ -165,7 +166,8 @@ def fetch_url(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -
             message = ytdlp_message(error)
             if attempt == config.retries or not is_transient(error):
                 tries = f" (gave up after {attempt + 1} attempts)" if attempt else ""
-                raise VideoFailure(_status_for(message), message + tries) from None
+                status = RATE_LIMITED if is_rate_limited(error) else _status_for(message)
+                raise VideoFailure(status, message + tries) from None
             time.sleep(backoff_s(config, attempt))
             attempt += 1
 
@@ -298,8 +300,8 @@ def _status_for(message: str) -> str:
     return DISK_FULL if "No space left on device" in message else DOWNLOAD_FAILED
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether another attempt could succeed: connection problems, timeouts, 5xx and 429 answers."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and everything behind it: yt-dlp's cause and exc_info, Python's __cause__/__context__."""
     pending: list[BaseException | None] = [error]
     seen: set[int] = set()
     while pending:
@@ -307,16 +309,27 @@ def is_transient(error: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
+        exc_info = getattr(current, "exc_info", None)
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        pending.append(exc_info[1] if exc_info else None)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another attempt could succeed: connection problems, timeouts, 5xx and 429 answers."""
+    for current in _causes(error):
         if isinstance(current, HTTPError):
             return current.status in TRANSIENT_HTTP_STATUSES
         if isinstance(current, CertificateVerifyError):
             return False
         if isinstance(current, (TransportError, TimeoutError, ConnectionError)):
             return True
-        exc_info = getattr(current, "exc_info", None)
-        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
-        pending.append(exc_info[1] if exc_info else None)
     return False
+
+
+def is_rate_limited(error: BaseException) -> bool:
+    """A 429 answer (YouTube's "Too Many Requests"): worth retrying in a later run, not now."""
+    return any(isinstance(current, HTTPError) and current.status == 429 for current in _causes(error))
 
 
 # --- child processes with a hard deadline -------------------------------------------------------

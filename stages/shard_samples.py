@@ -1,15 +1,28 @@
-"""Webdataset samples per shard format. Each function maps one finished record to one sample dict
-({"__key__": ..., "<ext>": bytes}) or None when the record has nothing for that format."""
+"""Every shard layout's sample of a finished record, made on the worker as the tar members the driver
+only concatenates: the driver never encodes, joins or base64s anything (HowTo100M-size builds pull
+records from Ray while it writes).
+
+Each layout function maps one finished record to one sample dict ({"__key__": ..., "<ext>": bytes}) or
+None when the record has nothing for that layout. Every document is in every layout or in none, so a
+record that one layout cannot hold is filtered: trainers mixing layouts see one corpus.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import tarfile
 from collections.abc import Callable
 
-from cosmo_data.models.gpt2_tokens import fit_tokens
+from cosmo_data.models.gpt2_tokens import fit_tokens, gpt2_encoding
+from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_CAPTION_TOKENS, COSMO_VIDEO_SPEED, hms
-from cosmo_data.schemas.records import Clip, Sentence, VideoRecord
+from cosmo_data.schemas.records import FILTERED, SHARD_FAILED, Clip, Sentence, VideoFailure, VideoRecord
+from cosmo_data.stages.base import process_each, resources_from
+
+# Shards are byte-identical across reruns: fixed member metadata, members in a fixed order.
+TAR_MTIME = 0
+TAR_BLOCK = tarfile.BLOCKSIZE
 
 
 def _json_bytes(value: object) -> bytes:
@@ -145,3 +158,48 @@ SAMPLE_WRITERS: dict[str, Callable[[VideoRecord], dict[str, bytes] | None]] = {
     "mmc4": mmc4_sample,
     "cosmo": cosmo_sample,
 }
+
+
+def tar_members(sample: dict[str, bytes]) -> bytes:
+    """The sample's tar members `<key>.<ext>`, header and padded data each, in a fixed order: a run of
+    whole blocks that a tar of many samples is the concatenation of."""
+    key = sample["__key__"]
+    blocks = bytearray()
+    for ext in sorted(k for k in sample if k != "__key__"):
+        data = sample[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        info.mtime = TAR_MTIME
+        info.mode = 0o444
+        blocks += info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        blocks += data + bytes(-len(data) % TAR_BLOCK)
+    return bytes(blocks)
+
+
+class ShardSamplesStage:
+    """The last stage: each ok record's samples in every configured layout, as tar members. Then the
+    pictures and the cosmo video, which the samples now hold, leave the record: the driver gets table
+    rows and these bytes only."""
+
+    name = "shard_samples"
+
+    def __init__(self, config: BuildConfig):
+        self.formats = list(config.output.formats)
+        self.resources = resources_from(config.output.resources)
+        self.batch_size = config.output.resources.batch_size
+
+    def setup(self) -> None:
+        gpt2_encoding()  # cosmo captions are cut to COSMO's token budget: its vocabulary loads once here
+
+    def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
+        return process_each(batch, self._make, stage=self.name, failure_status=SHARD_FAILED)
+
+    def _make(self, record: VideoRecord) -> None:
+        samples = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
+        empty = [fmt for fmt, sample in samples.items() if sample is None]
+        if empty:
+            raise VideoFailure(FILTERED, f"document has nothing to write in the {', '.join(empty)} format")
+        record.shard_members = {fmt: tar_members(sample) for fmt, sample in samples.items()}
+        record.cosmo_video = None
+        for frame in record.frames:
+            frame.jpeg = b""

@@ -37,3 +37,24 @@ def demo_corpus(demo_sources, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "out"
     build([demo_sources], out, tiny_config(**{"output.videos_per_shard": 1}))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server on loopback (moto_server), checking credentials; stopped at the end of the session."""
+    from s3server import moto_s3
+
+    with moto_s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """s3_server, with the standard AWS variables pointing this process (and its children) at it."""
+    from cosmo_data.storage import filesystem
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    filesystem.cache_clear()
+    yield s3_server
+    filesystem.cache_clear()

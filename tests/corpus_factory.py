@@ -1,12 +1,13 @@
 """Small real corpora for tests of the tools that read a build (stats, query, preview, validate).
 
-Records are real VideoRecords with PIL-encoded JPEG keyframes, written by the build's own CorpusWriter
-(Parquet parts with the schemas, webdataset tars from pipeline/shard_formats.py, done markers,
+Records are real VideoRecords with PIL-encoded JPEG keyframes, written by the build's own ShardSamplesStage
+and CorpusWriter (Parquet parts with the schemas, webdataset tars, done markers,
 sizes.json) in the output layout of a build, without running any stage: fast and deterministic.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 import subprocess
@@ -18,7 +19,6 @@ from pathlib import Path
 import av
 from PIL import Image, ImageDraw
 
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
 from cosmo_data.schemas.config import BuildConfig, OutputConfig
 from cosmo_data.schemas.records import (
@@ -34,6 +34,7 @@ from cosmo_data.schemas.records import (
     VideoRecord,
 )
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
+from cosmo_data.stages.shard_samples import SAMPLE_WRITERS, ShardSamplesStage
 
 # How-to videos as a reader would meet them: per clip, the keyframe's caption and what was said.
 THEMES: list[tuple[str, list[tuple[str, list[str]]]]] = [
@@ -301,7 +302,12 @@ def write_corpus(
     )
     writer = CorpusWriter(out, formats)
     groups: dict[int, list[VideoRecord]] = {}
-    for record in records:
+    # The build's last stage makes the samples and takes the pictures off what it hands the writer; the
+    # records returned keep their pictures and get what the stage recorded (timings, a filtered status).
+    written = ShardSamplesStage(config).process(copy.deepcopy(records))
+    for record, done in zip(records, written):
+        record.status, record.error, record.timings = done.status, done.error, done.timings
+    for record in written:
         groups.setdefault(record.source_index // videos_per_group, []).append(record)
     failures: dict[str, int] = {}
     for group, members in sorted(groups.items()):

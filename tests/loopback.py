@@ -2,8 +2,9 @@
 
 Routes (paths are relative to the server root):
   /files/<name>              the file <name> from the served directory (HEAD and Range requests work)
-  /flaky/<plan>/<name>       request k of this path follows letter k of plan: 'x' answers 503, 'o' serves
-                             <name>; requests past the plan serve <name> (so /flaky/xx/a.mp4 fails twice)
+  /flaky/<plan>/<name>       request k of this path follows letter k of plan: 'x' answers 503, 'r' 429
+                             (too many requests), 'o' serves <name>; requests past the plan serve <name>
+                             (so /flaky/xx/a.mp4 fails twice)
   /chunked/<name>            serves <name> without Content-Length (size unknown until the end)
   /slow-start/<s>/<name>     waits s seconds before sending anything, then serves <name>
   /trickle.mp4               video headers with a large Content-Length, then 1 byte per second
@@ -93,10 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path.startswith("/files/"):
                 self._serve_file(path[len("/files/") :], send_body)
-            elif match := re.fullmatch(r"/flaky/([ox]+)/(.+)", path):
+            elif match := re.fullmatch(r"/flaky/([oxr]+)/(.+)", path):
                 plan, attempt = match.group(1), self.server.flaky_attempt(path)
                 if attempt <= len(plan) and plan[attempt - 1] == "x":
                     self._send_error(503, "Service Unavailable")
+                elif attempt <= len(plan) and plan[attempt - 1] == "r":
+                    self._send_error(429, "Too Many Requests")
                 else:
                     self._serve_file(match.group(2), send_body)
             elif path.startswith("/chunked/"):

@@ -58,3 +58,69 @@ def test_unreachable_ray_address(tmp_path):
 def test_commands_on_a_folder_that_is_no_corpus(tmp_path):
     for command in ("stats", "validate"):
         assert_one_line_error(run(command, str(tmp_path), cwd=tmp_path), 2, "not a built corpus")
+
+
+def test_set_values_keep_yaml_words_as_strings():
+    from cosmo_data.cli import parse_overrides
+
+    pairs = ["asr.language=no", "a=on", "b=off", "c=yes", "d=true", "e=False", "f=3", "g=2.5", "h=null"]
+    pairs += ["i=[native, mmc4]", "j={cpus: 2, gpus: 0}", "k=~", "l=Y"]
+    assert parse_overrides(pairs) == {
+        "asr.language": "no",
+        "a": "on",
+        "b": "off",
+        "c": "yes",
+        "d": True,
+        "e": False,
+        "f": 3,
+        "g": 2.5,
+        "h": None,
+        "i": ["native", "mmc4"],
+        "j": {"cpus": 2, "gpus": 0},
+        "k": None,
+        "l": "Y",
+    }
+
+
+def test_set_language_no_reaches_the_build(tmp_path):
+    """--set asr.language=no (Norwegian) passes the config; the build then stops at the empty source."""
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    result = run("build", "--source", "empty.txt", "--out", "o", "--set", "asr.language=no", cwd=tmp_path)
+    assert_one_line_error(result, 2, "the sources hold no video")
+
+
+def test_retry_failed_names_failure_statuses_only(tmp_path):
+    (tmp_path / "ids.txt").write_text("dQw4w9WgXcQ\n")
+    result = run("build", "--source", "ids.txt", "--out", "o", "--retry-status", "bogus", cwd=tmp_path)
+    assert_one_line_error(result, 2, "bogus is not a failure status")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ([], None),
+        (["--retry-failed"], set()),
+        (["--retry-failed", "--retry-status", "disk_full,rate_limited"], {"disk_full", "rate_limited"}),
+        (["--retry-status", "deadline_exceeded", "--retry-status", "disk_full"], {"deadline_exceeded", "disk_full"}),
+    ],
+)
+def test_retry_options_reach_the_build(tmp_path, monkeypatch, options, expected):
+    from typer.testing import CliRunner
+
+    from cosmo_data.cli import app
+    from cosmo_data.pipeline import build as build_module
+
+    seen = {}
+
+    def fake_build(sources, out, settings, *, retry_failed):
+        seen["retry"] = retry_failed
+        return build_module.BuildResult(out=out, sources=1, ok=1)
+
+    monkeypatch.setattr(build_module, "build", fake_build)
+    (tmp_path / "ids.txt").write_text("dQw4w9WgXcQ\n")
+    result = CliRunner().invoke(
+        app, ["build", "--source", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "o")] + options
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["retry"] == expected

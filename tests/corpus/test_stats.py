@@ -22,6 +22,13 @@ def corpus(tmp_path_factory):
     unknown_language.language = None
     records.append(unknown_language)
     records.append(failed_record("bad_filtered", len(records), "/v/x.mp4", FILTERED, "no keyframe matched a sentence"))
+    # A truncated file that kept what decoded, and keyframe pools that fell short (the failed one not counted).
+    truncated, short = [r for r in records if r.ok and r is not unknown_language][:2]
+    truncated.error = "decoding stopped at 9.68 s of 20.00 s (the header's duration): [mov,mp4] partial file"
+    truncated.count("decode_truncated")
+    truncated.count("keyframe_shortfall", 3)
+    short.count("keyframe_shortfall", 2)
+    records[-1].count("keyframe_shortfall", 7)
     return write_corpus(tmp_path_factory.mktemp("stats") / "out", records, videos_per_group=4)
 
 
@@ -131,3 +138,14 @@ def test_stats_of_a_real_build_agree_with_its_summary(demo_corpus):
     assert stats["failures"] == summary["failures"]
     assert stats["hours_of_video"] > 0 and stats["avg_clips"] >= 1
     assert set(stats["stage_seconds"]) >= {"video", "assign"}
+
+
+def test_ok_videos_that_stopped_decoding_early_and_keyframe_shortfall(stats, tables):
+    videos = tables["videos"]
+    ok = videos[videos.status == "ok"]
+    assert stats["videos_ok_with_decode_error"] == ok.error.notna().sum() == 1
+    assert stats["keyframe_shortfall"] == 5  # ok videos only
+    assert stats["dropped"]["dropped_keyframe_shortfall"] == 12 and stats["dropped"]["dropped_decode_truncated"] == 1
+    lines = format_stats(stats).splitlines()
+    assert any(line.split() == ["decoding", "stopped", "early", "1"] for line in lines)
+    assert any(line.split() == ["short", "of", "the", "budget", "5"] for line in lines)

@@ -41,11 +41,12 @@ def rewrite_tar(path: Path, change: Callable[[str, bytes], bytes | None]) -> Non
                 tar.addfile(info, io.BytesIO(data))
 
 
-def set_size(out: Path, fmt: str, tar_name: str, n: int) -> None:
-    sizes_file = out / "shards" / fmt / "sizes.json"
-    sizes = json.loads(sizes_file.read_text())
-    sizes[tar_name] = n
-    sizes_file.write_text(json.dumps(sizes))
+def set_size(out: Path, fmt: str, tar_name: str, n: int, manifests=("sizes.json", "num_samples.json")) -> None:
+    for manifest in manifests:
+        sizes_file = out / "shards" / fmt / manifest
+        sizes = json.loads(sizes_file.read_text())
+        sizes[tar_name] = n
+        sizes_file.write_text(json.dumps(sizes))
 
 
 def test_a_built_corpus_is_valid(pristine):
@@ -74,12 +75,18 @@ def test_a_keyframe_missing_from_a_native_shard(out):
 
 
 def test_sizes_json_that_lies(out):
-    set_size(out, "native", "000001.tar", 4)
-    set_size(out, "mmc4", "000009.tar", 1)
+    set_size(out, "native", "000001.tar", 4, manifests=["sizes.json"])
+    set_size(out, "mmc4", "000009.tar", 1, manifests=["sizes.json"])
     assert validate(out).problems == [
         "shards/native/sizes.json says 000001.tar holds 4 samples; it holds 3",
         "shards/mmc4/sizes.json lists 000009.tar, which does not exist",
     ]
+
+
+def test_no_num_samples_json_for_cosmos_loader(out):
+    """Without it COSMO assumes 5,000 samples per shard."""
+    (out / "shards/cosmo/num_samples.json").unlink()
+    assert validate(out).problems == ["shards/cosmo/num_samples.json is missing"]
 
 
 def test_a_document_missing_from_one_format(out):

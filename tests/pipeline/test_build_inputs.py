@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import odd_media
 import pytest
 from conftest import tiny_config
 from loopback import refused_url, serve_directory
@@ -31,17 +32,17 @@ def make_inputs(media: Path) -> dict[str, Path]:
     files["random"].write_bytes(random.Random(0).randbytes(50_000))
     files["html"] = media / "page.mp4"
     files["html"].write_text("<!DOCTYPE html><html><body>not a video</body></html>")
-    files["truncated"] = samples.truncate_copy(files["good"], media / "truncated.mp4", 0.02)
-    files["audio_only"] = samples.make_audio_only(media / "audio_only.m4a")
+    files["truncated"] = odd_media.truncate_copy(files["good"], media / "truncated.mp4", 0.02)
+    files["audio_only"] = odd_media.make_audio_only(media / "audio_only.m4a")
     files["no_audio"] = media / "no_audio.mp4"
     samples.make_sample_video(files["no_audio"], audio=False, **short)
-    files["single_frame"] = samples.make_single_frame_video(media / "single_frame.mp4")
+    files["single_frame"] = odd_media.make_single_frame_video(media / "single_frame.mp4")
     files["tiny"] = media / "tiny16.mp4"
     samples.make_sample_video(files["tiny"], **{**short, "size": (16, 16)})
     files["4k"] = media / "uhd.mp4"
     samples.make_sample_video(files["4k"], segments=[1.0, 1.0], transitions=[samples.CUT], size=(3840, 2160), fps=5)
-    files["rotated"] = samples.make_rotated_copy(files["good"], media / "rotated.mp4", 90)
-    files["vfr"] = samples.make_vfr_video(media / "vfr.mp4")
+    files["rotated"] = odd_media.make_rotated_copy(files["good"], media / "rotated.mp4", 90)
+    files["vfr"] = odd_media.make_vfr_video(media / "vfr.mp4")
     files["non_ascii_spaces"] = media / "vidéo de cuisine ünï.mp4"
     shutil.copy(files["good"], files["non_ascii_spaces"])
     files["mkv"] = media / "clip.mkv"

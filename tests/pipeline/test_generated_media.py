@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from odd_media import make_audio_only, make_rotated_copy, make_single_frame_video, make_vfr_video, truncate_copy
 
 from cosmo_data.pipeline import generated_media as samples
 from cosmo_data.pipeline.generated_media import (
@@ -18,13 +19,8 @@ from cosmo_data.pipeline.generated_media import (
     GroundTruth,
     TruthBoundary,
     ground_truth_path,
-    make_audio_only,
-    make_rotated_copy,
     make_sample_video,
-    make_single_frame_video,
-    make_vfr_video,
     score_boundaries,
-    truncate_copy,
 )
 
 

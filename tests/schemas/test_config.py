@@ -38,3 +38,32 @@ def test_missing_config_file(tmp_path):
 def test_shipped_tiny_config_loads():
     config = load_config(TINY_CONFIG)
     assert isinstance(config, BuildConfig)
+
+
+def test_clip_score_has_no_switch():
+    """Assignment places frames by their CLIP scores, so the stage always runs: there is no option to
+    turn it off (it could only ever be true)."""
+    from pydantic import ValidationError
+
+    from cosmo_data.schemas.config import ClipScoreConfig
+
+    assert "enabled" not in ClipScoreConfig.model_fields
+    for value in (False, True):
+        with pytest.raises(ValidationError, match="clip_score.enabled"):
+            BuildConfig.model_validate({"clip_score": {"enabled": value}})
+
+
+def test_yaml_words_stay_strings_where_a_string_is_meant(tmp_path):
+    """YAML 1.1 reads no/yes/on/off as booleans: `language: no` (Whisper's code for Norwegian) failed.
+    Only true/false are booleans; a boolean option still takes the words through pydantic."""
+    path = tmp_path / "c.yaml"
+    path.write_text("asr:\n  language: no\n  enabled: off\ncaption:\n  prompt: yes\n  enabled: true\n")
+    config = load_config(path)
+    assert config.asr.language == "no" and config.asr.enabled is False
+    assert config.caption.prompt == "yes" and config.caption.enabled is True
+
+
+def test_a_null_override_resets_a_value_the_file_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("asr:\n  language: en\n")
+    assert load_config(path, {"asr.language": None}).asr.language is None

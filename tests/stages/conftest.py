@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from loopback import LoopbackServer, serve_directory
+from odd_media import make_audio_only
 
 from cosmo_data.pipeline.generated_media import (
     CUT,
-    make_audio_only,
     make_sample_video,
     run_ffmpeg,
 )

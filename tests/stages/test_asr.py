@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import math
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import whisper
 
 from cosmo_data import models
 from cosmo_data.models import TINY_WHISPER, load_whisper
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import ASR_FAILED, DECODE_FAILED, VideoRecord
-from cosmo_data.stages.asr import (
+from cosmo_data.stages.asr import AsrStage
+from cosmo_data.stages.whisper_windows import (
     SAMPLE_RATE,
-    AsrStage,
     AudioStream,
     AudioWindow,
     DecodeSettings,
     Piece,
+    _window_mel,
     cut_windows,
     split_window_tokens,
     take_window,
+    transcribe_batched,
     transcribe_sequential,
     window_segments,
 )
@@ -50,6 +54,24 @@ def speech_pcm(tmp_path_factory) -> bytes:
         check=True,
     )
     return pcm.read_bytes()
+
+
+def spoken_pcm(directory: Path, voice: str, text: str) -> bytes:
+    wav, pcm = directory / f"{voice}.wav", directory / f"{voice}.pcm"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-ac", "1", "-ar", "16000", "-f", "s16le", str(pcm)],
+        check=True,
+    )
+    return pcm.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def german_and_english(tmp_path_factory) -> tuple[bytes, bytes]:
+    directory: Path = tmp_path_factory.mktemp("languages")
+    german = spoken_pcm(directory, "de", "Guten Tag. Heute bauen wir zusammen ein kleines Regal aus Holz.")
+    english = spoken_pcm(directory, "en-us", "Good morning. Today we build a small wooden shelf together.")
+    return german, english
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +302,43 @@ def test_language_given_in_config_is_used(cache, speech_pcm):
     stage.setup()
     [done] = stage.process([record("talk.mp4", speech_pcm)])
     assert done.status == "ok" and done.language == "de"
+
+
+def test_batched_language_comes_from_each_audios_first_window(stage, german_and_english):
+    """Two videos, German then English and English then German, all their windows in one pass: each
+    video's language is detected from its own first window, not from whichever came last."""
+    german, english = german_and_english
+    audios = [
+        as_audio(repeated(german, 28) + repeated(english, 40)),
+        as_audio(repeated(english, 28) + repeated(german, 40)),
+    ]
+    model = stage.model
+    windows = [cut_windows(audio, -60.0) for audio in audios]
+    assert all(len(w) >= 3 for w in windows)
+    real_detect = model.detect_language
+    detected_on = []
+
+    def recording_detect(features, *args, **kwargs):
+        detected_on.append(features.detach().clone())
+        return real_detect(features, *args, **kwargs)
+
+    settings = replace(stage.settings, language=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "detect_language", recording_detect, raising=False)
+        transcriptions = transcribe_batched(model, audios, settings, -60.0, window_batch=16)
+    firsts = torch.stack([_window_mel(audio[w[0][0] : w[0][1]], model) for audio, w in zip(audios, windows)])
+    with torch.no_grad():
+        expected_features = model.embed_audio(firsts)
+        _, expected = real_detect(expected_features)
+    [features] = detected_on  # one pass: every window of both videos
+    assert features.shape[0] == 2, "only the first window of each video goes to language detection"
+    assert torch.allclose(features, expected_features, atol=1e-4)
+    assert [t.language for t in transcriptions] == [max(p, key=p.get) for p in expected]
+
+
+def test_audio_is_dropped_once_transcribed(stage, speech_pcm):
+    batch = stage.process(
+        [record("mute.mp4", None, 0), record("quiet.mp4", bytes(2 * 16000), 1), record("talk.mp4", speech_pcm, 2)]
+    )
+    assert all(r.status == "ok" for r in batch) and batch[2].transcript
+    assert [r.audio_pcm for r in batch] == [None, None, None]

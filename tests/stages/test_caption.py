@@ -104,3 +104,40 @@ def test_a_model_without_caption_decoder_is_refused(cache):
     )
     with pytest.raises(ModelError, match="cannot caption: only CoCa models have a text decoder"):
         stage.setup()
+
+
+def test_images_per_forward_bounds_the_keyframes_decoded_at_once(cache, monkeypatch):
+    """resources.batch_size is videos per call; caption.images_per_forward is how many keyframes are
+    decoded and captioned at once: each chunk is decoded just before its forward pass."""
+    from cosmo_data.stages import caption as caption_module
+
+    stage = CaptionStage(
+        BuildConfig.model_validate(
+            {"caption": {**COCA, "images_per_forward": 2, "resources": {"gpus": 0, "batch_size": 8}}}
+        )
+    )
+    stage.setup()
+    decoded: list[int] = []
+    open_frame = caption_module.open_frame
+    monkeypatch.setattr(caption_module, "open_frame", lambda *args: decoded.append(1) or open_frame(*args))
+    calls: list[tuple[int, int]] = []
+    caption = stage.captioner.caption
+
+    def watched(images):
+        calls.append((len(images), len(decoded)))
+        return caption(images)
+
+    stage.captioner.caption = watched
+    many = batch() + [video(3, [jpeg((90, 90, 20), "circle"), jpeg((20, 90, 90), "box")])]
+    records = stage.process(many)
+    assert [r.status for r in records] == [OK] * 4
+    # Five keyframes: forwards of 2, 2 and 1, each decoded only when its forward came.
+    assert calls == [(2, 2), (2, 4), (1, 5)]
+    unbounded = CaptionStage(
+        BuildConfig.model_validate(
+            {"caption": {**COCA, "images_per_forward": 64, "resources": {"gpus": 0, "batch_size": 8}}}
+        )
+    )
+    unbounded.setup()
+    again = batch() + [video(3, [jpeg((90, 90, 20), "circle"), jpeg((20, 90, 90), "box")])]
+    assert captions(records) == captions(unbounded.process(again))

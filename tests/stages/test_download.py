@@ -20,6 +20,8 @@ from cosmo_data.schemas.records import (
     DEADLINE_EXCEEDED,
     DOWNLOAD_FAILED,
     INTERNAL_ERROR,
+    RATE_LIMITED,
+    RETRYABLE,
     TOO_LARGE,
     TOO_LONG,
     VideoFailure,
@@ -177,6 +179,17 @@ def test_persistent_503_gives_up_after_the_configured_retries(http_server, tmp_p
         "(caused by <HTTPError 503: Service Unavailable>) (gave up after 3 attempts)"
     )
     assert http_server.count(path) == 3
+
+
+def test_429_after_the_retries_is_rate_limited_which_a_later_run_retries(http_server, tmp_path):
+    path = "/flaky/rrrrrrrr/clip.mp4"
+
+    failure = failure_of(record_for(http_server.url(path)), tmp_path, config(retries=2, backoff_s=0.01))
+
+    assert failure.status == RATE_LIMITED and failure.status in RETRYABLE
+    assert "HTTP Error 429: Too Many Requests" in failure.message and failure.message.endswith(
+        "(gave up after 3 attempts)"
+    )
 
 
 def test_announced_size_over_the_limit_is_rejected_before_the_body(http_server, media_dir, tmp_path):

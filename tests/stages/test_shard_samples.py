@@ -12,13 +12,14 @@ from loaders import cosmo_interleaved_video, openflamingo_mmc4
 from PIL import Image
 
 from cosmo_data.models.gpt2_tokens import count_tokens
-from cosmo_data.pipeline.shard_formats import SAMPLE_WRITERS, clip_sentences, cosmo_sample
+from cosmo_data.pipeline.writer import tar_bytes
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_MAX_TOKENS
-from cosmo_data.schemas.records import DECODE_FAILED, Clip, Frame, Segment, Sentence, VideoRecord
+from cosmo_data.schemas.records import DECODE_FAILED, FILTERED, Clip, Frame, Segment, Sentence, VideoRecord
 from cosmo_data.stages.assign import AssignStage, assign_mmc4
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 from cosmo_data.stages.document import DocumentStage
+from cosmo_data.stages.shard_samples import SAMPLE_WRITERS, ShardSamplesStage, clip_sentences, cosmo_sample
 
 # Clip colours and lengths: boundaries between whole seconds, where COSMO's whole-second clip times
 # cannot fall on them.
@@ -246,3 +247,22 @@ def test_clip_sentences_go_by_sentence_midpoint():
         Sentence("d", 9.0, 9.0, "caption"),
     ]
     assert clip_sentences(sentences, clips) == [["a"], ["b", "c"]]
+
+
+def test_the_last_stage_makes_every_layouts_tar_members_and_lightens_the_record(tmp_path):
+    [record, talk] = finish([cooking_video(tmp_path), talk_video()])
+    expected = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in ("native", "mmc4", "cosmo")}
+    stage = ShardSamplesStage(BuildConfig())
+    stage.setup()
+    [record, talk] = stage.process([record, talk])
+    # The cooking video's members, as a tar of their own, read back as its samples.
+    for fmt, sample in expected.items():
+        tar = tmp_path / f"{fmt}.tar"
+        tar.write_bytes(tar_bytes([record.shard_members[fmt]]))
+        [read] = list(wds.WebDataset(str(tar), shardshuffle=False))
+        assert {k: v for k, v in read.items() if k not in ("__url__", "__local_path__")} == sample
+    # What the driver still gets: table data, no pictures, no video.
+    assert all(frame.jpeg == b"" for frame in record.frames) and record.cosmo_video is None
+    # The talk video has no cosmo video: in no layout, filtered with the reason.
+    assert talk.status == FILTERED and talk.error == "document has nothing to write in the cosmo format"
+    assert talk.shard_members == {}

