@@ -144,7 +144,7 @@ class DetectorProcess:
         context = multiprocessing.get_context("spawn" if config.detector == TRANSNETV2 else "fork")
         self._connection, child_end = context.Pipe()
         self._process = context.Process(
-            target=_detect_in_child, args=(config, child_end), daemon=True, name="cosmo-scenes"
+            target=_detect_in_child, args=(config, child_end, keep), daemon=True, name="cosmo-scenes"
         )
         self._process.start()
         child_end.close()
@@ -218,15 +218,18 @@ def detector_process(config: ScenesConfig) -> DetectorProcess:
     return kept.begin()
 
 
-def _detect_in_child(config: ScenesConfig, connection: Connection) -> None:
+def _detect_in_child(config: ScenesConfig, connection: Connection, keep: bool) -> None:
     """Frames arrive as (t_s, image); a bare number is the duration and asks for the boundaries; RESET
-    starts a new video. The loop ends when the parent closes the pipe."""
+    starts a new video. A kept process's loop ends when the parent closes the pipe; a forked one ends
+    with its video, since it holds a copy of the parent's end and would never see the pipe close."""
     detector: Any = None
     try:
         while True:
             message = connection.recv()
             if isinstance(message, float):
                 connection.send(("ok", detector.finish(message) if detector is not None else []))
+                if not keep:
+                    return
                 detector = None
             elif message == RESET:
                 detector = None
