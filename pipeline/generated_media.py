@@ -117,25 +117,31 @@ class BoundaryScore:
 TOLERANCE_S = {"cut": 0.25, "gradual": 0.6}
 
 
-def score_boundaries(truth: list[TruthBoundary], found: list[tuple[float, str]]) -> BoundaryScore:
-    """Match detected (t_s, kind) boundaries one-to-one to the truth, closest pairs first, within
-    TOLERANCE_S of the true boundary's kind."""
+def match_boundaries(truth: list[TruthBoundary], found: list[tuple]) -> list[tuple[int, int]]:
+    """(truth index, found index) pairs: detected (t_s, kind, ...) boundaries matched one-to-one to the
+    truth, closest pairs first, within TOLERANCE_S of the true boundary's kind."""
     pairs = sorted(
         (abs(t.t_s - f[0]), i, j)
         for i, t in enumerate(truth)
         for j, f in enumerate(found)
         if abs(t.t_s - f[0]) <= TOLERANCE_S[t.kind]
     )
+    matched: list[tuple[int, int]] = []
     truth_used: set[int] = set()
     found_used: set[int] = set()
-    kinds_right = 0
     for _, i, j in pairs:
-        if i in truth_used or j in found_used:
-            continue
-        truth_used.add(i)
-        found_used.add(j)
-        kinds_right += truth[i].kind == found[j][1]
-    return BoundaryScore(len(truth_used), len(found) - len(found_used), len(truth) - len(truth_used), kinds_right)
+        if i not in truth_used and j not in found_used:
+            truth_used.add(i)
+            found_used.add(j)
+            matched.append((i, j))
+    return matched
+
+
+def score_boundaries(truth: list[TruthBoundary], found: list[tuple[float, str]]) -> BoundaryScore:
+    """Detected (t_s, kind) boundaries against the truth (match_boundaries)."""
+    matched = match_boundaries(truth, found)
+    kinds_right = sum(truth[i].kind == found[j][1] for i, j in matched)
+    return BoundaryScore(len(matched), len(found) - len(matched), len(truth) - len(matched), kinds_right)
 
 
 def ground_truth_path(video_path: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmo_data.pipeline.generated_media import TOLERANCE_S, GroundTruth, TruthBoundary, ground_truth_path
+from cosmo_data.pipeline.generated_media import GroundTruth, TruthBoundary, ground_truth_path, match_boundaries
 
 FPS = 25
 SIZE = (640, 360)
@@ -158,18 +158,9 @@ def f1_by_kind(truth: list[TruthBoundary], found: list[tuple]) -> dict[str, floa
     """F1 of cuts and of gradual transitions separately: found boundaries are matched to the truth
     as score_boundaries matches them (either kind, within the true kind's tolerance); a true boundary
     counts for its own kind, an unmatched found one against the kind it was labelled."""
-    pairs = sorted(
-        (abs(t.t_s - f[0]), i, j)
-        for i, t in enumerate(truth)
-        for j, f in enumerate(found)
-        if abs(t.t_s - f[0]) <= TOLERANCE_S[t.kind]
-    )
-    truth_used: set[int] = set()
-    found_used: set[int] = set()
-    for _, i, j in pairs:
-        if i not in truth_used and j not in found_used:
-            truth_used.add(i)
-            found_used.add(j)
+    matched = match_boundaries(truth, found)
+    truth_used = {i for i, _ in matched}
+    found_used = {j for _, j in matched}
     scores = {}
     for kind in ("cut", "gradual"):
         hits = sum(1 for i in truth_used if truth[i].kind == kind)
