@@ -25,8 +25,15 @@ MAX_EVENT_WINDOWS = 4.0
 # factor. Half windows keep the comparison clear of a neighbouring transition.
 MIN_PROMINENCE = 1.2
 # Else a dissolve when a gradual window's middle frame has at most this fraction of the ends' mean
-# spatial variance (real footage: dissolves 0.38-0.73, fast motion 0.81 and more).
+# spatial variance (real footage: dissolves 0.38-0.73, fast motion 0.81 and more), and a half-half
+# blend of the ends would lose that much contrast too. That blend's variance is (va + vb + 2 cov) / 4:
+# near half the ends' for two unrelated shots, near all of it for two frames of one shot (a bubble
+# cloud or smoke washing out one shot dips the contrast, but no blend of its ends could: real footage,
+# such dips 0.74 where the ends' blend would keep 0.89; dissolves' ends 0.69 at most).
 MAX_VARIANCE_RATIO = 0.75
+# A dip is below both ends by a margin: a middle within 10% of the lower end is contrast falling from
+# one end to the other, not a blend's dip (generated footage: 0.97-1.0 there; dissolves 0.46-0.88).
+MIN_DIP = 0.9
 # A fade through black: the darkest frame is at most this fraction of the brightness at both ends.
 DARK_DIP_FRACTION = 0.35
 
@@ -38,6 +45,7 @@ class _Window:
     change: float  # mean absolute BGR difference between the two, 0..255
     gradual: bool  # large change, made in small steps, middle frame a blend of the ends
     half_change: float  # the same difference over the second half of the window only
+    holds_cut: bool  # one step makes most of the change: a hard cut lies inside
     # Spatial variance of the middle frame over the mean of the ends': a blend of two unrelated
     # pictures has less contrast than either (0.5 at a dissolve's middle); motion keeps it near 1.
     variance_ratio: float = 1.0
@@ -53,6 +61,7 @@ class _Sample:
     image: np.ndarray  # ANALYSIS_WIDTH wide, float32 BGR
     brightness: float
     step: float  # change from the previous sample
+    grey: np.ndarray  # the grey picture less its mean
     variance: float  # spatial variance of the grey picture
 
 
@@ -117,8 +126,10 @@ class GradualTransitionDetector(SceneDetector):
         previous = self._samples[-1] if self._samples else None
         step = _mean_abs_difference(image, previous.image) if previous is not None else 0.0
         brightness = sum(cv2.mean(image)[:3]) / 3
-        _, deviation = cv2.meanStdDev(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-        self._samples.append(_Sample(t_s, image, brightness, step, float(deviation[0, 0]) ** 2))
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        grey -= cv2.mean(grey)[0]
+        variance = float(np.vdot(grey, grey)) / grey.size
+        self._samples.append(_Sample(t_s, image, brightness, step, grey, variance))
         self._brightness.append((t_s, brightness))
         # Keep one window of samples (plus one) to compare against.
         while len(self._samples) > 2 and self._samples[1].t_s <= t_s - self._window_s:
@@ -135,15 +146,20 @@ class GradualTransitionDetector(SceneDetector):
         steps = [s.step for s in list(self._samples)[1:]]
         ends = (oldest.variance + newest.variance) / 2
         variance_ratio = middle.variance / ends if ends > 0 else 1.0
-        if middle.variance >= min(oldest.variance, newest.variance):
+        if middle.variance >= MIN_DIP * min(oldest.variance, newest.variance):
             variance_ratio = 1.0  # not a dip: lower contrast on one side only (a blend dips below both)
+        elif ends > 0:
+            covariance = float(np.vdot(oldest.grey, newest.grey)) / oldest.grey.size
+            if (oldest.variance + newest.variance + 2 * covariance) / 4 / ends > MAX_VARIANCE_RATIO:
+                variance_ratio = 1.0  # no blend of these ends loses this much contrast: not a blend's dip
         gradual = False
-        if change >= self._threshold and max(steps) <= MAX_STEP_FRACTION * change:
+        holds_cut = max(steps) > MAX_STEP_FRACTION * change
+        if change >= self._threshold and not holds_cut:
             # A blend of the ends; where motion spoils the fit, a loss of contrast still tells one.
             gradual = variance_ratio <= MAX_VARIANCE_RATIO or (
                 _blend_residual(oldest.image, middle.image, newest.image) <= self._blend_tolerance * change
             )
-        return _Window(oldest.t_s, newest.t_s, change, gradual, half_change, variance_ratio)
+        return _Window(oldest.t_s, newest.t_s, change, gradual, half_change, holds_cut, variance_ratio)
 
     def _track(self, window: _Window) -> list[tuple[float, float]]:
         if window.gradual:
@@ -166,8 +182,11 @@ class GradualTransitionDetector(SceneDetector):
         ends = min(span[0][1], span[-1][1])
         if darkest < DARK_DIP_FRACTION * ends:
             return [(darkest_t, round(1 - darkest / max(ends, 1e-6), 3))]
-        # Windows ending up to half a window before the first gradual one still belong to the change.
-        nearby = [w for w in self._windows if event[0].end_s - self._window_s / 2 <= w.end_s <= end_s]
+        # Windows ending up to half a window before the first gradual one still belong to the change,
+        # unless a hard cut lies inside them: their change is the cut's.
+        nearby = [
+            w for w in self._windows if event[0].end_s - self._window_s / 2 <= w.end_s <= end_s and not w.holds_cut
+        ]
         candidates = nearby or event
         peak = max(candidates, key=lambda w: w.change)
         dip = min((w for w in candidates if w.gradual), key=lambda w: w.variance_ratio, default=peak)

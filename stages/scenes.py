@@ -227,7 +227,7 @@ def _detect_in_child(config: ScenesConfig, connection: Connection, keep: bool) -
         while True:
             message = connection.recv()
             if isinstance(message, float):
-                connection.send(("ok", detector.finish(message) if detector is not None else []))
+                connection.send(("ok", _boundaries(detector, config, message) if detector is not None else []))
                 if not keep:
                     return
                 detector = None
@@ -240,6 +240,14 @@ def _detect_in_child(config: ScenesConfig, connection: Connection, keep: bool) -
         return
     except Exception as exc:  # errors are data: the decoding process raises them with this text
         connection.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _boundaries(detector: Any, config: ScenesConfig, duration_s: float) -> list[tuple]:
+    found = detector.finish(duration_s)
+    if config.detector == TRANSNETV2:
+        # min_clip_s holds for TransNetV2 too (SceneBoundaryDetector thins its own): most confident first.
+        found = thin_boundaries(sorted(found, key=lambda boundary: -boundary[3]), duration_s, config.min_clip_s)
+    return found
 
 
 def _new_detector(config: ScenesConfig) -> Any:

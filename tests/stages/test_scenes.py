@@ -100,6 +100,30 @@ def test_fade_through_black_is_found_at_the_black_frame():
     assert len(found) == 1 and found[0] == pytest.approx(3.0, abs=0.1)
 
 
+def washed_out(picture, middle_s: float, depth: float = 0.5, half_s: float = 0.5):
+    """The same shot losing contrast towards middle_s and regaining it (smoke, a bubble cloud)."""
+
+    def washed(t: float) -> np.ndarray:
+        contrast = 1 - depth * max(0.0, 1 - abs(t - middle_s) / half_s)
+        frame = picture(t).astype(np.float32)
+        return (frame.mean() + (frame - frame.mean()) * contrast).astype(np.uint8)
+
+    return washed
+
+
+def brightening(picture, per_s: float):
+    return lambda t: np.clip(picture(t) * 0.6 + per_s * t, 0, 255).astype(np.uint8)
+
+
+def test_a_contrast_dip_inside_one_shot_is_no_dissolve():
+    """A blend of two unrelated shots loses contrast; a shot washing out does too (here one that
+    brightens steadily, so that a window's ends differ as much as a dissolve's), but its ends are one
+    picture, and no blend of them could lose that much. Before: a dissolve at 3.0 s."""
+    assert run_gradual(video(washed_out(brightening(panning(5, 4), per_s=36), middle_s=3.0))) == []
+    found = run_gradual(video(dissolve(panning(1, 4), panning(2, -4), start_s=2.5)))
+    assert found == [pytest.approx(3.0, abs=0.15)]
+
+
 def test_motion_and_hard_cuts_are_not_gradual_transitions():
     assert run_gradual(video(panning(5, 30))) == []  # a fast pan changes the picture a lot, but not as a blend
     assert run_gradual(video(cut(panning(6, 20), panning(7, 20), at_s=3.0))) == []
@@ -238,7 +262,7 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
     which detector found it. Before these fixes (content): cut F1 0.53-0.73 on these videos."""
     config = BuildConfig()
     scores = {}
-    for name in ("real_a", "real_c"):
+    for name in ("real_a", "real_c", "real_d"):
         path = cached_real_video(tmp_path, name)
         clips = decode_pass(path, config, str(path)).clips
         found = [(c.start_s, c.boundary) for c in clips[1:] if c.boundary != "split"]
@@ -246,5 +270,8 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
         assert all(c.boundary_detector in {"spike", "fade", "gradual"} for c in clips[1:] if c.boundary != "split")
         assert all(c.boundary_score is not None for c in clips[1:] if c.boundary != "split")
     print(scores)
-    assert all(score["cut"] == 1.0 for score in scores.values())
-    assert all(score["gradual"] >= 0.85 for score in scores.values())
+    # real_a's diver shot washes out in a bubble cloud: no dissolve there (before: gradual 0.933).
+    assert scores["real_a"] == {"cut": 1.0, "gradual": 1.0}
+    assert scores["real_c"]["cut"] == 1.0 and scores["real_c"]["gradual"] >= 0.85
+    # Held out (d): a cockatoo whip still makes one false cut, a fast diver shot one false dissolve.
+    assert scores["real_d"]["cut"] >= 0.9 and scores["real_d"]["gradual"] >= 0.9
