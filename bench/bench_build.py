@@ -17,8 +17,20 @@ cuts and dissolves, speech):
   baseline   x264 ultrafast: Constrained Baseline, no B-frames, so every frame is a reference frame
              and must be decoded - the worst case for our decoder, reported beside it
 
+Many-video mode (--many): N real-footage videos (default 12 x 100 s, bench/many_videos.py) served over
+loopback HTTP, and in each round, one after another: the 2-parallel bare decode (`ffmpeg -i F -an -f null
+-` over the local files, 2 at a time), `cosmo-data build` (tiny.yaml, traced with COSMO_DATA_TRACE),
+video2dataset 1.3.0's download + cut detection (its own venv, bench/.v2d-venv, made on first use) and
+our video stage alone (download + decode pass, 2 processes). Each gets wall seconds and CPU seconds
+(its processes in a cgroup of their own, so the other work on a shared machine does not count); the
+JSON has the ratios of both, per round and their median, and the build's busy and idle seconds per
+stage and pool and its queues over time (bench/build_trace.py); --timeline draws the first round's
+build as an SVG.
+
 Usage: python bench/bench_build.py --out bench/results/build.json [--minutes 20] [--repeats 3]
        [--encodings upload baseline]
+       python bench/bench_build.py --many --out bench/results/build_many.json [--videos 12] [--seconds 100]
+       [--rounds 2] [--timeline docs/build_timeline.svg]
 """
 
 from __future__ import annotations
@@ -132,6 +144,113 @@ def running_ray(cpus: int) -> Iterator[str]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def many_videos_mode(args: argparse.Namespace) -> dict:
+    """The many-video mode: N real-footage videos over loopback HTTP; the build, the video stage alone,
+    video2dataset's download + cut detection and the 2-parallel bare decode, interleaved, each round."""
+    import build_trace
+    import many_videos
+    from loopback import serve_directory
+
+    videos = many_videos.many_videos(args.videos, args.seconds)
+    many_videos.v2d_python()
+    for video in videos:
+        video.read_bytes()  # page cache warm for all alike
+    rounds = []
+    with serve_directory(videos[0].parent) as server, tempfile.TemporaryDirectory(prefix="cosmo_many_") as scratch:
+        urls = [server.url(f"files/{video.name}") for video in videos]
+        sources = Path(scratch) / "sources.txt"
+        sources.write_text("\n".join(urls) + "\n")
+        for number in range(args.rounds):
+            work = Path(scratch) / f"round{number}"
+            bare_s, bare_cpu = many_videos.bare_parallel_decode(videos)
+            build_s, build_cpu, build, trace = time_many_build(sources, work / "build")
+            v2d_s, v2d_cpu, v2d_counts = many_videos.run_v2d(urls, work / "v2d")
+            video_s, video_cpu, video_statuses = many_videos.video_stage_alone(sources)
+            round_ = {
+                "wall_s": {"bare_decode": bare_s, "build": build_s, "video2dataset": v2d_s, "video_stage": video_s},
+                "cpu_s": {
+                    "bare_decode": bare_cpu,
+                    "build": build_cpu,
+                    "video2dataset": v2d_cpu,
+                    "video_stage": video_cpu,
+                },
+            }
+            for kind in ("wall_s", "cpu_s"):
+                seconds = round_[kind]
+                if None in seconds.values():
+                    continue
+                round_[kind] = {name: round(value, 2) for name, value in seconds.items()}
+                round_[f"ratios_{kind[:-2]}"] = {
+                    "build_over_v2d": round(seconds["build"] / seconds["video2dataset"], 3),
+                    "build_over_bare_decode": round(seconds["build"] / seconds["bare_decode"], 3),
+                    "video_stage_over_bare_decode": round(seconds["video_stage"] / seconds["bare_decode"], 3),
+                    "v2d_over_bare_decode": round(seconds["video2dataset"] / seconds["bare_decode"], 3),
+                }
+            round_ |= {
+                "build": build,
+                "video2dataset": v2d_counts,
+                "video_stage_alone": video_statuses,
+                "load_average": os.getloadavg()[0],
+            }
+            rounds.append(round_)
+            print(json.dumps({k: v for k, v in round_.items() if k != "build"}), flush=True)
+            if number == 0 and args.timeline:
+                events = build_trace.read_trace(trace)
+                title = (
+                    f"cosmo-data build, {args.videos} videos of {args.seconds:g} s over loopback, tiny.yaml, "
+                    f"{os.cpu_count()} cores: {build_s:.1f} s"
+                )
+                args.timeline.write_text(build_trace.timeline_svg(events, build["started"], build["ended"], title))
+    medians = {
+        kind: {name: statistics.median(r[kind][name] for r in rounds) for name in rounds[0][kind]}
+        for kind in ("ratios_wall", "ratios_cpu")
+        if kind in rounds[0]
+    }
+    targets = {"build_over_v2d": 1.0, "build_over_bare_decode": 2.0, "video_stage_over_bare_decode": 1.2}
+    return {
+        "videos": args.videos,
+        "seconds_each": args.seconds,
+        "source": "real footage (bikes, cockatoo, diver) 640x360 25 fps x264 veryfast + AAC, over loopback HTTP",
+        "config": "configs/tiny.yaml",
+        "targets": targets,
+        "median": medians,
+        "met": {kind: {name: medians[kind][name] <= limit for name, limit in targets.items()} for kind in medians},
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+    }
+
+
+def time_many_build(sources: Path, work: Path) -> tuple[float, float | None, dict, Path]:
+    """`cosmo-data build` of the sources in a process of its own, tracing its stages (COSMO_DATA_TRACE):
+    wall and CPU seconds, the trace's summary."""
+    import build_trace
+    import many_videos
+
+    work.mkdir(parents=True)
+    trace = work / "trace.jsonl"
+    command = [CLI, "build", "--source", str(sources), "--out", str(work / "out"), "--config", str(TINY_CONFIG)]
+    meter = many_videos.CpuMeter("build")
+    started = time.time()
+    meter.run(command, check=True, capture_output=True, env=os.environ | {"COSMO_DATA_TRACE": str(trace)})
+    ended = time.time()
+    cpu = meter.close()
+    rows = duckdb.sql(f"SELECT status, timings FROM read_parquet('{work / 'out' / 'videos'}/*.parquet')").fetchall()
+    statuses: dict[str, int] = {}
+    in_stages: dict[str, float] = {}
+    for status, timings in rows:
+        statuses[status] = statuses.get(status, 0) + 1
+        for stage, seconds in timings.items():
+            in_stages[stage] = in_stages.get(stage, 0.0) + seconds
+    details = {
+        "statuses": statuses,
+        "record_timings_sum_s": {stage: round(seconds, 2) for stage, seconds in sorted(in_stages.items())},
+        **build_trace.summarize(build_trace.read_trace(trace), started, ended),
+        "started": started,
+        "ended": ended,
+    }
+    return ended - started, cpu, details, trace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/build.json"))
@@ -144,7 +263,18 @@ def main() -> None:
         default=4,
         help="logical CPUs of the running Ray (4: what a build's own Ray gets for tiny.yaml's pools)",
     )
+    parser.add_argument("--many", action="store_true", help="the many-video mode (see many_videos_mode)")
+    parser.add_argument("--videos", type=int, default=12, help="--many: how many videos")
+    parser.add_argument("--seconds", type=float, default=100.0, help="--many: each video's length")
+    parser.add_argument("--rounds", type=int, default=2, help="--many: rounds of the four contenders")
+    parser.add_argument("--timeline", type=Path, default=None, help="--many: SVG of the first round's build")
     args = parser.parse_args()
+    if args.many:
+        report = many_videos_mode(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=2))
+        return
     results = {}
     # A build's cost that does not grow with the video: the interpreter, Ray's and the actors' start-up,
     # the models' loading, writing and shutting down. Measured on a 2-second video beside each build.

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
+import av
 import yt_dlp
 from yt_dlp.networking.exceptions import (
     CertificateVerifyError,
@@ -68,7 +69,7 @@ def download(record: VideoRecord, dest_dir: Path, config: DownloadConfig, *, dea
     """
     if record.source_kind == "local":
         path = local_file(record, config)
-        check_duration(path, config)
+        check_duration(probe_duration_s(path), config)
         return path
     if record.source_kind not in ("youtube", "url"):
         raise VideoFailure(INVALID_SOURCE, record.error or f"nothing to download for source {record.source!r}")
@@ -107,16 +108,27 @@ def max_filesize_bytes(config: DownloadConfig) -> int:
     return int(config.max_filesize_mb * MB)
 
 
-def check_duration(path: Path, config: DownloadConfig) -> None:
-    """Duration from the file itself, for sources without metadata (local files, direct links)."""
-    duration = probe_duration_s(path)
-    if duration is not None and duration > config.max_duration_s:
-        raise too_long(duration, config)
+def check_duration(duration_s: float | None, config: DownloadConfig) -> None:
+    """The duration read from the file itself, for sources without metadata (local files, direct links)."""
+    if duration_s is not None and duration_s > config.max_duration_s:
+        raise too_long(duration_s, config)
+
+
+def header_duration_s(path: Path) -> float | None:
+    """The container's duration from its header, read with PyAV: for a download's child process, where
+    a file that hangs the demuxer dies with the child at the deadline (an ffprobe process cost 0.1-0.3 s
+    a download on 2 busy cores). None when it has none or is unreadable (the decoder then says why)."""
+    try:
+        with av.open(str(path)) as container:
+            return container.duration / av.time_base if container.duration else None
+    except (av.FFmpegError, UnicodeDecodeError):
+        return None
 
 
 def probe_duration_s(path: Path) -> float | None:
-    """The container's duration per ffprobe; None when it has none or the file is unreadable
-    (the decoder then reports what is wrong in its own words)."""
+    """The container's duration per ffprobe, in a process of its own (a local file is probed in the
+    worker itself); None when it has none or the file is unreadable (the decoder then reports what is
+    wrong in its own words)."""
     try:
         result = subprocess.run(
             [
@@ -192,7 +204,7 @@ def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig)
         path = requested.get("filepath")
         if path and Path(path).is_file():
             if not info.get("duration"):
-                check_duration(Path(path), config)
+                check_duration(header_duration_s(Path(path)), config)
             return Path(path)
     raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
 
@@ -375,6 +387,16 @@ def prepare_children(modules: tuple[str, ...]) -> None:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", *modules])
     forkserver.ensure_running()
+
+
+def warm_up_ytdlp() -> None:
+    """Compile every extractor's URL pattern (cached on its class) and import the generic extractor."""
+    from yt_dlp.extractor import gen_extractor_classes
+
+    for extractor in gen_extractor_classes():
+        extractor.suitable("")
+    with yt_dlp.YoutubeDL({"quiet": True}) as ydl:
+        ydl.get_info_extractor("Generic")
 
 
 def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, timeout_s: float) -> None:

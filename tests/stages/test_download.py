@@ -32,6 +32,7 @@ from cosmo_data.stages.download import (
     download,
     run_with_deadline,
     scrub_paths,
+    warm_up_ytdlp,
 )
 
 pytestmark = pytest.mark.usefixtures("fast_children")
@@ -378,6 +379,27 @@ def test_unexpected_exception_in_the_child_keeps_its_message():
 
     assert caught.value.status == INTERNAL_ERROR
     assert caught.value.message.startswith("ValueError: no such thing (at raise_value_error:")
+
+
+def uncompiled_url_patterns() -> list[str]:
+    from yt_dlp.extractor import gen_extractor_classes
+
+    return [ie.__name__ for ie in gen_extractor_classes() if ie._VALID_URL and "_VALID_URL_RE" not in ie.__dict__]
+
+
+def warmed_up_then_uncompiled_url_patterns() -> tuple[int, list[str]]:
+    before = len(uncompiled_url_patterns())
+    warm_up_ytdlp()
+    return before, uncompiled_url_patterns()
+
+
+def test_warm_up_compiles_every_url_pattern_a_direct_link_would_meet():
+    """What the forkserver does once (stages/download_warmup.py), so that no download child compiles
+    yt-dlp's URL patterns again: yt-dlp keeps each compiled pattern on its extractor's class."""
+    before, after = run_with_deadline(
+        warmed_up_then_uncompiled_url_patterns, (), timeout_s=60, step="warm-up", crash_status=INTERNAL_ERROR
+    )
+    assert after == [] and (before > 1000 or before == 0)  # 0: this session's forkserver was warmed already
 
 
 def test_scrub_paths_replaces_work_dir_paths_with_the_source(tmp_path):
