@@ -23,9 +23,11 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_video.py --out bench/results/video.json
 	$(VENV)/bin/python bench/bench_models.py --out bench/results/models.json
 	$(VENV)/bin/python bench/bench_build.py --out bench/results/build.json
+	$(VENV)/bin/python bench/bench_build.py --many --out bench/results/build_many.json
 	$(VENV)/bin/python bench/bench_scale.py --out bench/results/scale.json
 	$(VENV)/bin/python bench/bench_scale.py --real --out bench/results/scale_real.json
 	$(VENV)/bin/python bench/bench_train.py --out bench/results/train.json
+	$(VENV)/bin/python bench/bench_dedup.py --out bench/results/dedup.json
 
 clean:
 	rm -rf demo-out bench/results .pytest_cache

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from cosmo_data.schemas.config import ConfigError, load_config, load_yaml
+from cosmo_data.schemas.config import BuildConfig, ConfigError, load_config, load_yaml
 
 app = typer.Typer(
     add_completion=False,
@@ -88,10 +88,20 @@ def build(
             help="with --retry-failed (implied): retry only videos of these statuses; repeatable or comma-separated",
         ),
     ] = None,
+    exclude_ids: Annotated[
+        Optional[str],
+        typer.Option(
+            "--exclude-ids",
+            metavar="FILE",
+            help="source ids to keep out (an evaluation set): YouTube ids, URLs or paths, one a line, or a "
+            "CSV/Parquet with a video_id or url column; their rows get status 'excluded'",
+        ),
+    ] = None,
 ) -> None:
     """Download, cut, transcribe, caption, score and interleave videos into a corpus under --out."""
+    from cosmo_data.corpus.query import QueryError
+    from cosmo_data.corpus.rewrite import RewriteError
     from cosmo_data.pipeline.build import BuildError
-    from cosmo_data.pipeline.build import build as run_build
     from cosmo_data.pipeline.ray_runner import RayConnectionError
     from cosmo_data.pipeline.sources import SourceError
     from cosmo_data.storage import StorageError, location
@@ -102,8 +112,9 @@ def build(
         settings = load_config(config, overrides)
         retry = {s.strip() for given in retry_status or [] for s in given.split(",") if s.strip()}
         out = location(out)
-        result = run_build(source, out, settings, retry_failed=retry if retry_failed or retry else None)
-    except (ConfigError, SourceError, BuildError, RayConnectionError, StorageError) as exc:
+        retry_statuses = retry if retry_failed or retry else None
+        result = _build_corpus(source, out, settings, retry_failed=retry_statuses, exclude_ids=exclude_ids)
+    except (ConfigError, SourceError, BuildError, RayConnectionError, StorageError, RewriteError, QueryError) as exc:
         raise fail(str(exc)) from None
     failures = ", ".join(f"{k} {v}" for k, v in sorted(result.failures.items())) or "none"
     if result.retryable:
@@ -187,14 +198,84 @@ def validate(out: Annotated[str, typer.Argument(help="a built corpus (folder or 
 
 
 @app.command()
+def dedup(
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
+    threshold: Annotated[
+        float,
+        typer.Option(min=-1.0, max=1.0, help="cosine similarity of keyframe embeddings at which a copy is a duplicate"),
+    ] = 0.95,
+    clusters: Annotated[
+        Optional[int], typer.Option(min=1, help="k-means clusters (default: the square root of the items)")
+    ] = None,
+) -> None:
+    """Mark exact and near-duplicate videos and clips (duplicate_of names the copy kept); their documents
+    leave the shards."""
+    from cosmo_data.corpus.card import write_card
+    from cosmo_data.corpus.dedup import dedup_corpus
+    from cosmo_data.corpus.query import QueryError
+    from cosmo_data.corpus.rewrite import RewriteError
+    from cosmo_data.storage import StorageError
+
+    corpus = _require_corpus(out)
+    try:
+        summary = dedup_corpus(corpus, threshold, clusters)
+        write_card(corpus)
+    except (RewriteError, StorageError, QueryError) as exc:
+        raise fail(str(exc)) from None
+    removed = summary.rewrite.samples_removed if summary.rewrite else {}
+    typer.echo(
+        f"duplicates: {summary.exact_videos} videos exact (same file), {summary.near_videos} videos and "
+        f"{summary.near_clips} clips near (cosine >= {threshold:g}); samples removed: "
+        + (", ".join(f"{fmt} {n}" for fmt, n in sorted(removed.items())) or "none")
+    )
+
+
+@app.command("filter")
+def filter_(
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config whose curation: rules to apply")],
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="override a rule, e.g. --set curation.clip.min_brightness=20"),
+    ] = None,
+) -> None:
+    """Apply curation rules again from the stored signals (no decoding, no model) and rewrite tables and
+    shards; the old ones stay intact until the new are complete."""
+    from cosmo_data.corpus.card import write_card
+    from cosmo_data.corpus.filter import filter_corpus
+    from cosmo_data.corpus.rewrite import RewriteError
+    from cosmo_data.corpus.stats import FUNNEL_TABLES
+    from cosmo_data.storage import StorageError
+
+    corpus = _require_corpus(out)
+    try:
+        curation = load_config(config, parse_overrides(set_ or [])).curation
+        summary = filter_corpus(corpus, curation)
+        write_card(corpus)  # its counts and funnel changed
+    except (ConfigError, RewriteError, StorageError) as exc:
+        raise fail(str(exc)) from None
+    for rule, dropped in summary.dropped.items():
+        typer.echo(f"{rule}: " + ", ".join(f"{dropped.get(t, 0)} {t}" for t in FUNNEL_TABLES))
+    removed = summary.rewrite.samples_removed if summary.rewrite else {}
+    typer.echo(
+        f"filtered now: {sum(d.get('videos', 0) for d in summary.dropped.values())} videos; samples removed: "
+        + (", ".join(f"{fmt} {n}" for fmt, n in sorted(removed.items()) if n) or "none")
+    )
+
+
+@app.command()
 def models(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config naming the models")] = None,
 ) -> None:
     """Download the configured models' real weights ahead of time (for clusters without internet)."""
     from cosmo_data.models import ModelError, download_models
+    from cosmo_data.models.predictors import fetch_predictors
 
     try:
-        fetched = download_models(load_config(config))
+        build_config = load_config(config)
+        fetched = download_models(build_config)
+        clip = build_config.clip_score
+        fetched += fetch_predictors(clip.model, clip.pretrained, clip.aesthetic_model, clip.nsfw_model)
     except (ConfigError, ModelError) as exc:
         raise fail(str(exc), 1) from None
     for line in fetched:
@@ -231,15 +312,30 @@ def demo(
 ) -> None:
     """Generate sample videos and build a corpus from them offline with tiny models, then print its stats."""
     from cosmo_data.corpus.stats import compute_stats, format_stats
-    from cosmo_data.pipeline.build import build as run_build
     from cosmo_data.pipeline.generated_media import make_demo_videos
 
     videos = make_demo_videos(out / "_samples")
     source = out / "_samples" / "sources.txt"
     source.write_text("".join(f"{v.resolve()}\n" for v in videos), encoding="utf-8")
-    result = run_build([source], out / "corpus", load_config(TINY_CONFIG))
+    result = _build_corpus([source], out / "corpus", load_config(TINY_CONFIG))
     typer.echo(f"\ndemo corpus: {result.out.resolve()}  ({result.ok}/{result.sources} videos ok)\n")
     typer.echo(format_stats(compute_stats(result.out)))
+
+
+def _build_corpus(sources: list, out, settings: BuildConfig, **options):
+    """The build, then what only the whole corpus can decide: copies of one file finish in any group and
+    in any run, so exact duplicates are marked after the last group; then the dataset card."""
+    from cosmo_data.corpus.card import write_card
+    from cosmo_data.corpus.dedup import mark_exact_duplicates
+    from cosmo_data.pipeline.build import build as run_build
+
+    result = run_build(sources, out, settings, **options)
+    exact = mark_exact_duplicates(result.out)
+    if exact.exact_videos:
+        result.ok -= exact.exact_videos
+        result.failures["duplicate"] = result.failures.get("duplicate", 0) + exact.exact_videos
+    write_card(result.out)
+    return result
 
 
 def _require_corpus(out: str):

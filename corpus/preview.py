@@ -92,8 +92,34 @@ def _rows(connection: duckdb.DuckDBPyConnection, sql: str, params: list | None =
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def _select(connection: duckdb.DuckDBPyConnection, out: Path, n: int, where: str | None) -> tuple[list, list, int]:
-    """Documents to show (with their video's metadata and shard group), failed videos, failed count."""
+def _has_column(connection: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return column in [c[0] for c in connection.execute(f"SELECT * FROM {table} LIMIT 0").description]
+
+
+def _dropped(connection: duckdb.DuckDBPyConnection, matching: str) -> list[dict[str, Any]]:
+    """Clips and keyframes that a curation rule took out of videos matching (corpora built before curation
+    have no status column there: nothing to list)."""
+    if not _has_column(connection, "clips", "filter_reason"):
+        return []
+    return _rows(
+        connection,
+        f"""
+        SELECT 'clip' AS item, video_id, clip_idx AS idx, start_s AS t_s, filter_reason FROM clips
+        WHERE status = 'filtered' AND video_id IN ({matching})
+        UNION ALL
+        SELECT 'keyframe', video_id, frame_idx, t_s, filter_reason FROM frames
+        WHERE status = 'filtered' AND video_id IN ({matching})
+        ORDER BY video_id, t_s, item LIMIT ?
+        """,
+        [MAX_FAILED_LISTED],
+    )
+
+
+def _select(
+    connection: duckdb.DuckDBPyConnection, out: Path, n: int, where: str | None
+) -> tuple[list, list, int, list]:
+    """Documents to show (with their video's metadata and shard group), failed videos, failed count, and
+    the clips and keyframes that rules dropped."""
     matching = f"SELECT video_id FROM videos WHERE ({where})" if where else "SELECT video_id FROM videos"
     documents = _rows(
         connection,
@@ -116,10 +142,11 @@ def _select(connection: duckdb.DuckDBPyConnection, out: Path, n: int, where: str
         )
         for document in documents:
             document["group"] = Path(files[document["doc_id"]]).stem.removeprefix("part-")
+    reason = "filter_reason" if _has_column(connection, "videos", "filter_reason") else "NULL AS filter_reason"
     failed = _rows(
         connection,
         f"""
-        SELECT video_id, source, status, error FROM videos
+        SELECT video_id, source, status, error, {reason} FROM videos
         WHERE status <> 'ok' AND video_id IN ({matching}) ORDER BY source_index, video_id LIMIT ?
         """,
         [MAX_FAILED_LISTED],
@@ -127,7 +154,7 @@ def _select(connection: duckdb.DuckDBPyConnection, out: Path, n: int, where: str
     failed_total = connection.execute(
         f"SELECT count(*) FROM videos WHERE status <> 'ok' AND video_id IN ({matching})"
     ).fetchone()[0]
-    return documents, failed, failed_total
+    return documents, failed, failed_total, _dropped(connection, matching)
 
 
 def read_keyframes(out: Path, wanted: dict[str, set[str]]) -> dict[tuple[str, int], bytes]:
@@ -213,13 +240,29 @@ def _failed_html(failed: list[dict[str, Any]], failed_total: int) -> str:
         return "<section><h2>Failed videos</h2><p>None.</p></section>"
     rows = "".join(
         f"<tr><td>{_esc(f['video_id'])}</td><td>{_esc(f['source'])}</td>"
-        f'<td class="status">{_esc(f["status"])}</td><td><pre>{_esc(f["error"])}</pre></td></tr>'
+        f'<td class="status">{_esc(f["status"])}</td><td>{_esc(f["filter_reason"] or "")}</td>'
+        f"<td><pre>{_esc(f['error'])}</pre></td></tr>"
         for f in failed
     )
     more = f"<p>… and {failed_total - len(failed)} more.</p>" if failed_total > len(failed) else ""
     return (
         f"<section><h2>Failed videos ({failed_total})</h2><table><thead><tr><th>video</th><th>source</th>"
-        f"<th>status</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>"
+        f"<th>status</th><th>rule</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>"
+    )
+
+
+def _dropped_html(dropped: list[dict[str, Any]]) -> str:
+    """What the curation rules took out of videos that may still be in the corpus, with the rule."""
+    if not dropped:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(d['video_id'])}</td><td>{_esc(d['item'])} {_esc(d['idx'])}</td>"
+        f'<td>{_esc(format_time(d["t_s"]))}</td><td class="status">{_esc(d["filter_reason"])}</td></tr>'
+        for d in dropped
+    )
+    return (
+        f"<section><h2>Clips and keyframes dropped by rules ({len(dropped)} listed)</h2><table><thead><tr>"
+        f"<th>video</th><th>item</th><th>at</th><th>rule</th></tr></thead><tbody>{rows}</tbody></table></section>"
     )
 
 
@@ -228,7 +271,7 @@ def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = N
     out, dest_html = location(out), Path(dest_html)
     connection = connect(out)
     try:
-        documents, failed, failed_total = _select(connection, out, n, where)
+        documents, failed, failed_total, dropped = _select(connection, out, n, where)
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
     finally:
@@ -256,7 +299,7 @@ def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = N
         f'<p class="summary">{_esc(str(out))} · {len(documents)} documents shown{_esc(condition)} · '
         f"{failed_total} failed videos</p>"
         f"{''.join(articles) or '<p>No documents match.</p>'}"
-        f"{_failed_html(failed, failed_total)}</body></html>\n"
+        f"{_failed_html(failed, failed_total)}{_dropped_html(dropped)}</body></html>\n"
     )
     dest_html.parent.mkdir(parents=True, exist_ok=True)
     dest_html.write_text(page, encoding="utf-8")

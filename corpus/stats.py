@@ -11,10 +11,34 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
-from cosmo_data.corpus.query import QueryError, connect
+from cosmo_data.corpus.query import QueryError, connect, parquet_scan, table_files
+from cosmo_data.schemas.tables import TABLES
+from cosmo_data.stages.rules import RULES
 
 SENTENCE_SOURCES = ("caption", "asr")
+# Each curation signal's distribution over every row (filtered ones too: what a threshold would cut).
+QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+QUANTILE_NAMES = tuple(f"q{round(q * 100)}" for q in QUANTILES)
+SIGNALS: tuple[tuple[str, str], ...] = (
+    ("clips.duration_s", "SELECT end_s - start_s FROM clips"),
+    ("clips.motion", "SELECT motion FROM clips"),
+    ("clips.brightness", "SELECT brightness FROM clips"),
+    ("clips.sharpness", "SELECT sharpness FROM clips"),
+    ("clips.frozen_fraction", "SELECT frozen_fraction FROM clips"),
+    ("frames.min_side_px", "SELECT least(width, height) FROM frames"),
+    ("frames.aesthetic", "SELECT aesthetic FROM frames"),
+    ("frames.nsfw", "SELECT nsfw FROM frames"),
+    ("frames.matched_sim", "SELECT info.matched_sim FROM (SELECT unnest(image_info) AS info FROM documents)"),
+    ("videos.motion", "SELECT motion FROM videos"),
+    ("videos.audio_dbfs", "SELECT audio_dbfs FROM videos"),
+    ("videos.language_probability", "SELECT language_probability FROM videos"),
+    ("videos.no_speech_prob", "SELECT no_speech_prob FROM videos"),
+    ("videos.avg_logprob", "SELECT avg_logprob FROM videos"),
+    ("videos.words_per_s", "SELECT words_per_s FROM videos"),
+)
+FUNNEL_TABLES = ("videos", "clips", "frames", "documents")
 
 
 def _one(connection: duckdb.DuckDBPyConnection, sql: str) -> Any:
@@ -53,6 +77,7 @@ def compute_stats(out: Path) -> dict[str, Any]:
     """Every number of the stats report; averages are None when there is nothing to average."""
     connection = connect(out)
     try:
+        _add_missing_columns(connection, out)
         return _compute(connection)
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
@@ -60,16 +85,78 @@ def compute_stats(out: Path) -> dict[str, Any]:
         connection.close()
 
 
+def _add_missing_columns(connection: duckdb.DuckDBPyConnection, out: Path) -> None:
+    """A corpus built before a column existed (the curation columns) reads as if it held nulls there."""
+    types = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.int64(): "BIGINT"}
+    for table, schema in TABLES.items():
+        files = table_files(out, table)
+        if not files:
+            continue
+        have = {row[0] for row in connection.execute(f"DESCRIBE {table}").fetchall()}
+        missing = [f"NULL::{types[f.type]} AS {f.name}" for f in schema if f.name not in have and f.type in types]
+        if missing:
+            connection.execute(
+                f"CREATE OR REPLACE VIEW {table} AS SELECT *, {', '.join(missing)} FROM {parquet_scan(files)}"
+            )
+
+
+def signal_quantiles(connection: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """Per signal: how many rows have it and its QUANTILES (None where no row has it)."""
+    result = {}
+    for name, sql in SIGNALS:
+        n, values = connection.execute(
+            f"SELECT count(x), quantile_cont(x, {list(QUANTILES)}) FROM ({sql}) AS s(x) WHERE x IS NOT NULL"
+        ).fetchone()
+        result[name] = {"n": n, "quantiles": dict(zip(QUANTILE_NAMES, values)) if n else None}
+    return result
+
+
+def funnel(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Rows each curation rule removed, per table, in the order the rules run, as MMC4's paper reports its
+    filtering: a clip, keyframe or document goes with the rule that filtered it, or else with the rule that
+    filtered its video; "(other filters)": filters that name no rule (the stages' own filters name theirs:
+    document_no_sentences, assign_min_images, ...). Over the videos that decoded (failures before curation are in "Failures by status"), so decoded = removed + kept."""
+    removed: dict[str, dict[str, int]] = {}
+    before: dict[str, int] = {}
+    after: dict[str, int] = {}
+    for table in FUNNEL_TABLES:
+        own = "NULL" if table == "videos" else "CASE WHEN coalesce(t.status, 'ok') <> 'ok' THEN t.filter_reason END"
+        own_other = "false" if table == "videos" else "coalesce(t.status, 'ok') <> 'ok'"
+        join = "videos t" if table == "videos" else f"{table} t JOIN videos v USING (video_id)"
+        video = "t" if table == "videos" else "v"
+        rows = connection.execute(
+            f"""
+            SELECT CASE
+                WHEN {own_other} THEN coalesce({own}, '(other filters)')
+                WHEN {video}.status = 'filtered' THEN coalesce({video}.filter_reason, '(other filters)')
+            END AS reason, count(*)
+            FROM {join} WHERE {video}.status IN ('ok', 'filtered') GROUP BY ALL
+            """
+        ).fetchall()
+        before[table] = sum(n for _, n in rows)
+        after[table] = sum(n for reason, n in rows if reason is None)
+        for reason, n in rows:
+            if reason is not None:
+                removed.setdefault(reason, dict.fromkeys(FUNNEL_TABLES, 0))[table] = n
+    order = [rule for rule in RULES if rule in removed] + sorted(set(removed) - set(RULES))
+    return {"before": before, "steps": {rule: removed[rule] for rule in order}, "after": after}
+
+
 def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     connection.execute("CREATE TEMP VIEW ok_videos AS SELECT * FROM videos WHERE status = 'ok'")
-    connection.execute("CREATE TEMP VIEW ok_clips AS SELECT c.* FROM clips c JOIN ok_videos v USING (video_id)")
+    connection.execute(
+        "CREATE TEMP VIEW ok_clips AS SELECT c.* FROM clips c JOIN ok_videos v USING (video_id) "
+        "WHERE coalesce(c.status, 'ok') = 'ok'"
+    )
+    # A document curation filtered keeps its row; the samples are the ok ones.
+    connection.execute("CREATE TEMP VIEW ok_documents AS SELECT * FROM documents WHERE coalesce(status, 'ok') = 'ok'")
     videos_ok = _one(connection, "SELECT count(*) FROM ok_videos")
-    documents = _one(connection, "SELECT count(*) FROM documents")
-    sentences = _one(connection, "SELECT coalesce(sum(len(text_list)), 0) FROM documents")
-    images = _one(connection, "SELECT coalesce(sum(len(image_info)), 0) FROM documents")
+    documents = _one(connection, "SELECT count(*) FROM ok_documents")
+    sentences = _one(connection, "SELECT coalesce(sum(len(text_list)), 0) FROM ok_documents")
+    images = _one(connection, "SELECT coalesce(sum(len(image_info)), 0) FROM ok_documents")
     by_source = _pairs(
         connection,
-        "SELECT source, count(*) FROM (SELECT unnest(sentence_source) AS source FROM documents) GROUP BY source",
+        "SELECT source, count(*) FROM (SELECT unnest(sentence_source) AS source FROM ok_documents) GROUP BY source",
     )
     clips = _one(connection, "SELECT count(*) FROM ok_clips")
     stats: dict[str, Any] = {
@@ -86,10 +173,13 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "clips": clips,
         "avg_clips": clips / videos_ok if videos_ok else None,
         "avg_clip_length_s": _one(connection, "SELECT avg(end_s - start_s) FROM ok_clips"),
-        "keyframes": _one(connection, "SELECT count(*) FROM frames f JOIN ok_videos v USING (video_id)"),
+        "keyframes": _one(
+            connection,
+            "SELECT count(*) FROM frames f JOIN ok_videos v USING (video_id) WHERE coalesce(f.status, 'ok') = 'ok'",
+        ),
         # Keyframes the clips should have had (keyframes.per_clip, max_per_video) that the pool lacked.
         "keyframe_shortfall": int(_counter_total(connection, "ok_videos", "dropped_keyframe_shortfall")),
-        "avg_document_tokens": _one(connection, "SELECT avg(n_tokens) FROM documents"),
+        "avg_document_tokens": _one(connection, "SELECT avg(n_tokens) FROM ok_documents"),
         "images": images,
         "avg_images_per_document": images / documents if documents else None,
         "sentences": sentences,
@@ -100,7 +190,7 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         },
         "mean_matched_similarity": _one(
             connection,
-            "SELECT avg(info.matched_sim) FROM (SELECT unnest(image_info) AS info FROM documents)",
+            "SELECT avg(info.matched_sim) FROM (SELECT unnest(image_info) AS info FROM ok_documents)",
         ),
         "languages": _pairs(
             connection,
@@ -112,6 +202,8 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             for stage, total, mean, videos in _map_totals(connection, "timings")
         },
         "dropped": {key: int(total) for key, total, _, _ in _map_totals(connection, "counters")},
+        "signals": signal_quantiles(connection),
+        "funnel": funnel(connection),
     }
     return stats
 
@@ -168,4 +260,19 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     lines += [""] + _section("Time per stage", stage_rows, header=("stage", "total s", "mean s", "videos"))
     lines += [""] + _section("Dropped by filters", [(k, _number(v)) for k, v in stats["dropped"].items()])
+    lines += [""] + format_funnel(stats["funnel"])
+    signal_rows = [
+        (name, _number(s["n"]), *(_number(s["quantiles"][q], 3) if s["quantiles"] else "-" for q in QUANTILE_NAMES))
+        for name, s in stats["signals"].items()
+    ]
+    header = ("signal", "rows", *QUANTILE_NAMES)
+    lines += [""] + _section("Curation signals (all rows; quantiles)", signal_rows, header=header)
     return "\n".join(lines)
+
+
+def format_funnel(funnel: dict[str, Any]) -> list[str]:
+    """The funnel as MMC4's paper reports its filtering: rows in, each rule's removals in order, rows left."""
+    rows = [("decoded", *(_number(funnel["before"][t]) for t in FUNNEL_TABLES))]
+    rows += [(f"- {rule}", *(_number(n[t]) for t in FUNNEL_TABLES)) for rule, n in funnel["steps"].items()]
+    rows += [("kept", *(_number(funnel["after"][t]) for t in FUNNEL_TABLES))]
+    return _section("Curation funnel (rows each rule removed, in order)", rows, header=("", *FUNNEL_TABLES))

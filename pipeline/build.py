@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cosmo_data.pipeline.progress import Progress
-from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, ray_for_build, run_stages
-from cosmo_data.pipeline.sources import SourceRow, read_sources
-from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, atomic_write_json
+from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, on_cluster, ray_for_build, run_stages
+from cosmo_data.pipeline.sources import SourceRow, read_exclude_ids, read_sources
+from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, GroupSummary, atomic_write_json, write_shards
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.schemas.records import FAILURES, INVALID_SOURCE, RETRYABLE, VideoRecord
+from cosmo_data.schemas.records import EXCLUDED, FAILURES, INVALID_SOURCE, RETRYABLE, VideoRecord
 from cosmo_data.stages.base import Stage
 from cosmo_data.storage import AnyPath, is_remote, location
 
@@ -45,18 +45,23 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     from cosmo_data.stages.assign import AssignStage
     from cosmo_data.stages.caption import CaptionStage
     from cosmo_data.stages.clip_score import ClipScoreStage
+    from cosmo_data.stages.curation import DOCUMENT, PICTURE, SPEECH, CurationStage
     from cosmo_data.stages.document import DocumentStage
     from cosmo_data.stages.shard_samples import ShardSamplesStage
     from cosmo_data.stages.video import VideoStage
 
-    stages: list[Stage] = [VideoStage(config)]
+    # Curation right after the stage whose signals it judges (cheap rules first: what they drop never
+    # reaches a model), in that stage's pool.
+    stages: list[Stage] = [VideoStage(config), CurationStage(config, PICTURE)]
     if config.asr.enabled:
         stages.append(AsrStage(config))
+        stages.append(CurationStage(config, SPEECH))
     if config.caption.enabled:
         stages.append(CaptionStage(config))
     stages.append(DocumentStage(config))
     stages.append(ClipScoreStage(config))
     stages.append(AssignStage(config))
+    stages.append(CurationStage(config, DOCUMENT))
     stages.append(ShardSamplesStage(config))
     return stages
 
@@ -82,7 +87,11 @@ def build_fingerprint(rows: list[SourceRow], config: BuildConfig) -> str:
             for key in list(section):
                 if key == "resources" or key.endswith("_resources") or (name, key) in RUN_ONLY_SETTINGS:
                     del section[key]
-    payload = json.dumps({"sources": [r.video_id for r in rows], "config": settings}, sort_keys=True)
+    decided = {"sources": [r.video_id for r in rows], "config": settings}
+    excluded = [r.video_id for r in rows if r.status == EXCLUDED]
+    if excluded:  # --exclude-ids decides which videos are built
+        decided["excluded"] = excluded
+    payload = json.dumps(decided, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -107,10 +116,13 @@ def _check_resume(out: AnyPath, fingerprint: str, rows: list[SourceRow], config:
     )
 
 
-def _record_for(row: SourceRow) -> VideoRecord:
+def _record_for(row: SourceRow, staging: str | None = None) -> VideoRecord:
+    """The row's record; staging: where the last stage is to stage its samples (its group's folder)."""
     record = VideoRecord(row.video_id, row.source, row.source_index, source_kind=row.kind, locator=row.locator)
-    if row.error:
-        record.fail(INVALID_SOURCE, row.error)
+    record.staging = staging
+    if row.error:  # invalid, a duplicate or excluded: never sent through the stages
+        record.fail(row.status or INVALID_SOURCE, row.error)
+        record.duplicate_of = row.duplicate_of
     return record
 
 
@@ -134,14 +146,17 @@ def build(
     progress: Progress | None = None,
     stages_factory: Callable[[BuildConfig], list[Stage]] = make_stages,
     retry_failed: Collection[str] | None = None,
+    exclude_ids: AnyPath | str | None = None,
 ) -> BuildResult:
     """Build (or resume) the corpus under out. retry_failed: statuses whose videos' finished groups are
     taken back and built again whole (an empty collection: every retryable status); None retries nothing.
-    Sources and out may be local paths or object storage URIs (s3://bucket/key)."""
+    Sources and out may be local paths or object storage URIs (s3://bucket/key). exclude_ids: a file of
+    source ids (an evaluation set) whose rows are written with status "excluded" and never built."""
     started = time.perf_counter()
     retry = retry_statuses(retry_failed)
     out = location(out)
-    rows = read_sources([location(path) for path in source_paths])
+    excluded = read_exclude_ids(exclude_ids) if exclude_ids else None
+    rows = read_sources([location(path) for path in source_paths], exclude_ids=excluded)
     if config.ray_address:
         check_ray_address(config.ray_address)
     if not rows:
@@ -168,8 +183,15 @@ def build(
     progress.resumed(sum(1 for r in rows if r.source_index // per_group in done))
     written = 0
 
-    def on_record(record: VideoRecord) -> None:
+    def group_done(summary: GroupSummary) -> None:
         nonlocal written
+        written += 1
+        progress.group_written(summary.group)
+
+    writer.on_group_done = group_done
+
+    def on_record(record: VideoRecord) -> None:
+        writer.finish_groups()  # mark the groups whose tars were made meanwhile
         group = record.source_index // per_group
         members = pending.get(group)
         if members is None or members.get(record.source_index) is not None:
@@ -180,10 +202,8 @@ def build(
             free_gb = float("inf") if is_remote(out) else shutil.disk_usage(out).free / 1e9
             if free_gb < config.video.min_free_disk_gb:
                 raise BuildError(f"only {free_gb:.2f} GB free under {out}; stopped before writing (resume later)")
-            writer.write_group(group, list(members.values()))
+            writer.write_group(group, list(members.values()))  # tables now; the tars on a worker
             del pending[group]
-            written += 1
-            progress.group_written(group)
 
     # Row numbers, not records: at HowTo100M's 1.2M videos the records would hold ~1 GB in the driver
     # for the whole run. Each is made as it is handed to Ray.
@@ -200,8 +220,12 @@ def build(
         with ray_for_build(config.ray_address, stages, len(to_process)) as cluster:
             for shortfall in cluster.shortfalls:
                 progress.warn(shortfall)
-            records = (_record_for(rows[index]) for index in to_process)
+            # Shard bytes never come to the driver: workers stage each video's samples in its group's
+            # folder, and a Ray task on some node makes a finished group's tars from them.
+            writer.make_shards = on_cluster(write_shards)
+            records = (_record_for(rows[i], writer.staging_for(i // per_group)) for i in to_process)
             run_stages(records, stages, cluster, seed=config.seed, on_record=on_record)
+            writer.finish_groups(wait=True)
     if pending:
         missing = sum(1 for members in pending.values() for m in members.values() if m is None)
         raise BuildError(f"{missing} videos never came back from the pipeline; rerun to resume")

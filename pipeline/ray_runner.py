@@ -10,13 +10,16 @@ callback; nothing is collected.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,6 +38,18 @@ QUIET = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dash
 # once, but at HowTo100M's 1.2M videos it would hold 13 GB before the first result. Past this many
 # videos a block holds several (at 1.2M, 120: a tail of at most 120 videos on one worker).
 MAX_INPUT_BLOCKS = 10_000
+
+
+# A file path: every worker's setup, every stage call and every record's arrival at the driver is
+# appended to it as one JSON line with wall-clock times (one machine's build; bench_build.py draws its
+# timeline from it). Unset, nothing is written.
+TRACE_ENV = "COSMO_DATA_TRACE"
+
+
+def trace(path: str | None, event: str, **fields) -> None:
+    if path:
+        with open(path, "a") as file:  # one write of one short line: lines from many processes stay whole
+            file.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
 
 
 def seed_for_batch(seed: int, records: list[VideoRecord]) -> None:
@@ -82,24 +97,37 @@ ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}
 class _StageWorker:
     """Ray actor body: owns one instance of each stage of its group for its lifetime."""
 
-    def __init__(self, stages: list[Stage], seed: int):
+    def __init__(self, stages: list[Stage], seed: int, trace_path: str | None = None):
         import ray
 
         self.stages = stages
         self.seed = seed
+        self.trace_path = trace_path
         self.node_id = ray.get_runtime_context().get_node_id() if any(s.name == NODE_STAGE for s in stages) else None
         for stage in stages:
+            started = time.time()
             stage.setup()
+            trace(trace_path, "setup", stage=stage.name, start=started, end=time.time())
 
     def __call__(self, batch: dict) -> dict:
-        records = [pickle.loads(blob) for blob in batch["record"]]
+        # Each pickle is freed as soon as it is read (nothing else holds the popped array): kept, a whole
+        # batch of them (PCM and cosmo videos inside) stayed in the worker beside the records to the batch's
+        # end, also after ASR had dropped the audio.
+        blobs = batch.pop("record")
+        records = []
+        for index in range(len(blobs)):
+            records.append(pickle.loads(blobs[index]))
+            blobs[index] = None
         for stage in self.stages:
             # The Ray batch is sized for the group's largest batch; each stage sees its own size.
             done: list[VideoRecord] = []
             for start in range(0, len(records), stage.batch_size):
                 chunk = records[start : start + stage.batch_size]
                 seed_for_batch(self.seed, chunk)
+                started = time.time()
                 done.extend(stage.process(chunk))
+                videos = [r.video_id for r in chunk]
+                trace(self.trace_path, "call", stage=stage.name, start=started, end=time.time(), videos=videos)
             records = done
         if self.node_id:
             for record in records:
@@ -134,17 +162,22 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     import ray
 
     groups = worker_groups(stages)
+    trace_path = os.environ.get(TRACE_ENV)
     started_here = not ray.is_initialized()
     if started_here:
+        started = time.time()
         if address:
             _join(address)
         else:
             _start_embedded(groups, videos)
+        trace(trace_path, "ray_init", start=started, end=time.time())
     try:
         yield _describe(groups, embedded=started_here and not address)
     finally:
         if started_here:
+            started = time.time()
             ray.shutdown()
+            trace(trace_path, "ray_shutdown", start=started, end=time.time())
 
 
 def _join(address: str) -> None:
@@ -172,7 +205,7 @@ def _start_embedded(groups: list[list[Stage]], videos: int) -> None:
 
     # Logical CPUs are scheduling tokens; give every declared actor pool a slot so a small machine
     # runs the whole pipeline (oversubscribed) instead of waiting for CPUs forever.
-    wanted = sum(group[0].resources.cpus * pool_size(group, videos) for group in groups) + 1
+    wanted = sum(group[0].resources.cpus * pool_size(group, videos, os.cpu_count()) for group in groups) + 1
     # Like any Ray, the embedded one listens on the machine's network address (Ray maps a loopback
     # node IP to it), so the token authentication Ray turns on for clusters it starts is what keeps
     # others out; its notice that it did so is noise on every build.
@@ -206,9 +239,15 @@ def _describe(groups: list[list[Stage]], *, embedded: bool) -> RayCluster:
     return cluster
 
 
-def pool_size(group: list[Stage], videos: int) -> int:
-    """Actors for a group: its declared concurrency, but never more than there are videos to share."""
-    return max(1, min(group[0].resources.concurrency, videos))
+def pool_size(group: list[Stage], videos: int, cores: int | None = None) -> int:
+    """Actors for a group: its declared concurrency, but never more than there are videos to share, nor,
+    on a private Ray of this machine (`cores` given), more CPU-only workers than its cores hold: a
+    cluster config's video.concurrency of 8 on a 2-core workstation would run 8 decodes at once."""
+    resources = group[0].resources
+    size = min(resources.concurrency, videos)
+    if cores and not resources.gpus:
+        size = min(size, int(cores // resources.cpus))
+    return max(1, size)
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -236,6 +275,8 @@ def run_stages(
     finished record as it arrives."""
     import ray.data
 
+    trace_path = os.environ.get(TRACE_ENV)
+    trace(trace_path, "run", start=time.time())
     items = [{"record": pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)} for r in records]
     if not items:
         return
@@ -255,9 +296,11 @@ def run_stages(
         resources = group[0].resources
         dataset = dataset.map_batches(
             _StageWorker,
-            fn_constructor_args=(group, seed),
+            fn_constructor_args=(group, seed, trace_path),
             batch_size=max(stage.batch_size for stage in group),
-            compute=ray.data.ActorPoolStrategy(size=pool_size(group, videos)),
+            compute=ray.data.ActorPoolStrategy(
+                size=pool_size(group, videos, os.cpu_count() if cluster.embedded else None)
+            ),
             num_cpus=resources.cpus,
             # CPU fallback: a stage that asks for a GPU runs on CPU where the cluster has none.
             num_gpus=resources.gpus if cluster.gpus else 0,
@@ -266,4 +309,36 @@ def run_stages(
         )
     for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for blob in batch["record"]:
-            on_record(pickle.loads(blob))
+            record = pickle.loads(blob)
+            arrived = time.time()
+            on_record(record)  # writes the record's group when it is the group's last
+            trace(trace_path, "record", start=arrived, end=time.time(), videos=[record.video_id])
+    trace(trace_path, "run_end", start=time.time())
+
+
+def on_cluster(fn: Callable[..., object]) -> Callable[..., Future]:
+    """fn as a Ray task on the Ray that ray_for_build() gave: each call starts it and returns a Future of its
+    result, or of fn's own exception. The build makes each group's tars this way (writer.write_shards), so
+    the shard bytes go from the staged parts to the tars on the node that runs it, never to the driver.
+    Zero CPUs: it moves bytes, and must not queue behind the stages' actors, which hold every CPU of a busy
+    cluster. SPREAD: the tasks go to every node instead of piling up on the driver's, whose network would
+    be the bottleneck again. A task lost with its node runs again elsewhere (fn must be idempotent)."""
+    import ray
+
+    task = ray.remote(num_cpus=0, scheduling_strategy="SPREAD", max_retries=3)(fn)
+
+    def start(*args: object) -> Future:
+        result: Future = Future()
+
+        def settle(done: Future) -> None:
+            try:
+                result.set_result(done.result())
+            except ray.exceptions.RayTaskError as exc:  # fn raised: hand on its own exception
+                result.set_exception(exc.cause or exc)
+            except Exception as exc:
+                result.set_exception(exc)
+
+        task.remote(*args).future().add_done_callback(settle)
+        return result
+
+    return start

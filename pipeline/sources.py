@@ -2,7 +2,10 @@
 
 Every line that is not blank or a comment becomes exactly one SourceRow; a line that is not a usable
 source becomes a row with an error (recorded as status invalid_source), never an exception.
-Duplicates (same video_id) are skipped.
+A line repeated word for word is skipped. The same video under another spelling (a YouTube id given
+as an id and as a watch URL, a file by two paths) keeps a row of its own with status "duplicate" and
+duplicate_of naming the first row's video_id; it is never downloaded. Source ids listed in an exclude
+file (evaluation sets) keep their rows with status "excluded".
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import hashlib
 import io
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
+from cosmo_data.schemas.records import DUPLICATE, EXCLUDED
 from cosmo_data.storage import AnyPath, RemotePath, StorageError, location
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -37,6 +41,14 @@ class SourceRow:
     kind: str  # "youtube", "url", "local" or "invalid"
     locator: str  # what the downloader fetches: a URL or an absolute path ("" when invalid)
     error: str | None = None
+    # A row kept out of the build on purpose (DUPLICATE, EXCLUDED; error says why), else None.
+    status: str | None = None
+    duplicate_of: str | None = None  # a DUPLICATE's kept row's video_id
+
+    @property
+    def source_id(self) -> str:
+        """What names the video whatever the spelling: the YouTube id, the URL, or the absolute path."""
+        return self.video_id if self.kind == "youtube" else self.locator
 
 
 def slug(text: str, max_len: int = 40) -> str:
@@ -107,14 +119,48 @@ def classify(value: str, index: int, base_dir: AnyPath | None = None) -> SourceR
 
 
 def _dedupe(rows: list[SourceRow]) -> list[SourceRow]:
-    seen: set[str] = set()
+    """The first row of each video_id is kept (the lower source_index, whatever the order Ray later
+    returns them in); another spelling of it becomes a DUPLICATE row, the same line again is skipped."""
+    first: dict[str, SourceRow] = {}
+    seen: set[tuple[str, str]] = set()
     unique = []
     for row in rows:
-        if row.video_id in seen:
+        if (row.video_id, row.source) in seen:
             continue
-        seen.add(row.video_id)
+        seen.add((row.video_id, row.source))
+        kept = first.setdefault(row.video_id, row)
+        if kept is not row:
+            row = replace(
+                row,
+                video_id=f"{kept.video_id}-{short_hash(row.source)}",
+                error=f"the same video as source {kept.source!r} (video_id {kept.video_id})",
+                status=DUPLICATE,
+                duplicate_of=kept.video_id,
+            )
         unique.append(row)
     return unique
+
+
+def read_exclude_ids(path: AnyPath | str) -> set[str]:
+    """Source ids to keep out (an evaluation set): a text file of YouTube ids, URLs or paths, or a CSV or
+    Parquet file with a video_id or url column, read as sources are."""
+    path = location(path)
+    if not path.is_file():
+        raise SourceError(f"exclude file {path} does not exist")
+    rows = _rows_from_table(path) if path.suffix.lower() in (".csv", ".parquet") else _rows_from_text(path)
+    bad = next((row for row in rows if row.error), None)
+    if bad is not None:
+        raise SourceError(f"exclude file {path}: {bad.error}")
+    return {row.source_id for row in rows}
+
+
+def _exclude(rows: list[SourceRow], excluded: set[str]) -> list[SourceRow]:
+    return [
+        replace(row, status=EXCLUDED, error="source id listed in the exclude ids", duplicate_of=None)
+        if row.kind != "invalid" and row.source_id in excluded
+        else row
+        for row in rows
+    ]
 
 
 def _rows_from_text(path: AnyPath) -> list[SourceRow]:
@@ -161,9 +207,10 @@ def _rows_from_table(path: AnyPath) -> list[SourceRow]:
     return rows
 
 
-def read_sources(paths: list[AnyPath | str]) -> list[SourceRow]:
+def read_sources(paths: list[AnyPath | str], exclude_ids: set[str] | None = None) -> list[SourceRow]:
     """Read every source given on the command line, in order, numbering rows across them. A source on
-    object storage (s3://bucket/key) is a text, CSV or Parquet file; its problems raise StorageError."""
+    object storage (s3://bucket/key) is a text, CSV or Parquet file; its problems raise StorageError.
+    exclude_ids: source ids (read_exclude_ids) whose rows become EXCLUDED."""
     rows: list[SourceRow] = []
     for path in paths:
         path = location(path)
@@ -192,11 +239,12 @@ def read_sources(paths: list[AnyPath | str]) -> list[SourceRow]:
                 raise SourceError(f"cannot read source {path}: {exc.strerror or exc}") from exc
         offset = len(rows)
         rows.extend(_renumber(row, offset + row.source_index) for row in part)
-    return [_renumber(row, i) for i, row in enumerate(_dedupe(rows))]
+    rows = _exclude(_dedupe(rows), exclude_ids) if exclude_ids else _dedupe(rows)
+    return [_renumber(row, i) for i, row in enumerate(rows)]
 
 
 def _renumber(row: SourceRow, index: int) -> SourceRow:
-    return SourceRow(row.video_id, row.source, index, row.kind, row.locator, row.error)
+    return replace(row, source_index=index)
 
 
 def _invalid_row(text: str, index: int, error: str) -> SourceRow:

@@ -70,9 +70,10 @@ class ScenesConfig(_Strict):
     threshold: float | None = None
     # spike: a cut's difference is at least this many times that of the samples beside it.
     cut_ratio: float = Field(1.7, gt=1)
-    # TransNetV2: a frame whose one-frame prediction exceeds this is in a transition; windows of 100
+    # TransNetV2: a frame whose one-frame prediction exceeds this is in a transition (0.4 as NeMo
+    # Curator: fades through black peak twice near 0.5, stages/transnet.py); windows of 100
     # frames run this many at a time; "auto" is the GPU where there is one.
-    transnet_threshold: float = Field(0.5, gt=0, lt=1)
+    transnet_threshold: float = Field(0.4, gt=0, lt=1)
     transnet_batch_windows: int = Field(8, ge=1)
     transnet_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Gradual transitions (fades, dissolves): content change across a window of this length.
@@ -102,6 +103,10 @@ class KeyframesConfig(_Strict):
     # past max_candidates the pool drops every other one and halves the rate (bounded memory).
     candidate_fps: float = Field(2.0, gt=0)
     max_candidates: int = Field(512, ge=2)
+    # A keyframe whose 64-bit pHash is within this Hamming distance of an earlier keyframe of the video
+    # is dropped before the models see it (repeated slides; MMC4 drops images within 5 of one kept);
+    # null keeps them all. Every keyframe's pHash is stored (frames.phash) either way.
+    repeat_max_distance: int | None = Field(5, ge=0, le=64)
 
 
 class VideoStageConfig(_Strict):
@@ -173,6 +178,11 @@ class ClipScoreConfig(_Strict):
     sentences_per_forward: int = Field(64, ge=1)
     resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=16)
     fp16: bool = True  # used on GPU only
+    # LAION's predictors over the keyframes' CLIP embeddings (models/predictors.py): a published name,
+    # a checkpoint file, or null (off). The published weights take OpenAI ViT-L-14 embeddings; with a
+    # tiny CLIP, tiny random predictors of the same architecture are made.
+    aesthetic_model: str | None = "sac+logos+ava1-l14-linearMSE"
+    nsfw_model: str | None = "clip_autokeras_binary_nsfw"
 
 
 class AssignConfig(_Strict):
@@ -200,6 +210,66 @@ class OutputConfig(_Strict):
     resources: StageResourcesConfig = StageResourcesConfig(batch_size=8)
 
 
+class ClipRulesConfig(_Strict):
+    """Per clip, right after the decode pass: a clip that fails one leaves the video with its keyframes
+    (rows kept, status "filtered"); a video left without clips is filtered. Signals on 0..255 grey levels
+    of the scene-detection frames (stages/frame_signals.py); null turns a rule off."""
+
+    min_duration_s: float | None = Field(None, ge=0)
+    min_brightness: float | None = None  # black clips
+    min_sharpness: float | None = None  # variance of the Laplacian: blur
+    min_motion: float | None = None
+    max_motion: float | None = None
+    # Frozen frames look like static slides; video.min_motion_when_silent drops those only when silent.
+    max_frozen_fraction: float | None = Field(None, ge=0, le=1)
+
+
+class FrameRulesConfig(_Strict):
+    """Per keyframe, right after the decode pass."""
+
+    min_side_px: int | None = Field(None, ge=1)  # MMC4 drops images under 150 px
+    # After CLIP (curate_document, before the document rules): MMC4 drops images with NSFW P > 0.1.
+    max_nsfw: float | None = Field(None, ge=0, le=1)
+
+
+class VideoRulesConfig(_Strict):
+    """Per video. Picture and loudness rules right after the decode pass, so a video they drop never
+    reaches a model; speech rules right after ASR (null or empty: off)."""
+
+    # Static footage is dropped only when it is also silent: how-to videos are often still slides
+    # with speech. Silent: no audio track, or its RMS level below silence_dbfs.
+    min_motion_when_silent: float | None = None
+    silence_dbfs: float = -50.0
+    # No speech and no caption text: nothing to write a document from.
+    require_text: bool = False
+    languages: list[str] = []  # whisper's codes; empty: any
+    min_language_probability: float | None = Field(None, ge=0, le=1)
+    max_no_speech_prob: float | None = Field(None, ge=0, le=1)
+    min_avg_logprob: float | None = None
+    min_words_per_s: float | None = Field(None, ge=0)
+
+
+class DocumentRulesConfig(_Strict):
+    """Per document, after assignment, over its images' signals aggregated (never all-must-pass)."""
+
+    min_matched_similarity: float | None = Field(None, ge=-1, le=1)
+    min_aesthetic: float | None = None  # LAION's aesthetic score, ~1-10
+    max_nsfw: float | None = Field(None, ge=0, le=1)
+    aggregate: Literal["mean", "quantile"] = "mean"
+    quantile: float = Field(0.5, ge=0, le=1)  # with aggregate: quantile
+
+
+class CurationConfig(_Strict):
+    """Rules over the signals every build stores (stages/curation.py); `cosmo-data filter` applies them
+    again to a built corpus. A dropped item keeps its row with status "filtered" and filter_reason the
+    rule's name, `<level>_<field>` (e.g. clip_min_brightness), counted as dropped_<name>."""
+
+    clip: ClipRulesConfig = ClipRulesConfig()
+    frame: FrameRulesConfig = FrameRulesConfig()
+    video: VideoRulesConfig = VideoRulesConfig()
+    document: DocumentRulesConfig = DocumentRulesConfig()
+
+
 class BuildConfig(_Strict):
     seed: int = 0
     ray_address: str | None = None
@@ -212,6 +282,7 @@ class BuildConfig(_Strict):
     clip_score: ClipScoreConfig = ClipScoreConfig()
     assign: AssignConfig = AssignConfig()
     output: OutputConfig = OutputConfig()
+    curation: CurationConfig = CurationConfig()
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:

@@ -28,6 +28,10 @@ SHARD_FAILED = "shard_failed"
 INTERNAL_ERROR = "internal_error"
 # A download given up on because the host kept answering 429 Too Many Requests (YouTube's rate limit).
 RATE_LIMITED = "rate_limited"
+# Kept out on purpose, never built: another source row is the same video (DUPLICATE, with duplicate_of
+# naming the copy kept), or the source id is listed in `cosmo-data build --exclude-ids` (EXCLUDED).
+DUPLICATE = "duplicate"
+EXCLUDED = "excluded"
 
 FAILURES = frozenset(
     {
@@ -48,6 +52,8 @@ FAILURES = frozenset(
         SHARD_FAILED,
         INTERNAL_ERROR,
         RATE_LIMITED,
+        DUPLICATE,
+        EXCLUDED,
     }
 )
 # Failures of the moment, not of the video: a worker's disk, a host's rate limit, a deadline met on a
@@ -56,12 +62,14 @@ RETRYABLE = frozenset({DISK_FULL, RATE_LIMITED, DEADLINE_EXCEEDED})
 
 
 class VideoFailure(Exception):
-    """A failure of one video, with the status kind it is recorded under."""
+    """A failure of one video, with the status kind it is recorded under; a FILTERED one may name the
+    filter (videos.filter_reason), so that the funnel counts it under that name."""
 
-    def __init__(self, status: str, message: str):
+    def __init__(self, status: str, message: str, filter_reason: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.filter_reason = filter_reason
 
 
 @dataclass
@@ -79,6 +87,12 @@ class Clip:
     # None for the first clip and splits.
     boundary_detector: str | None = None
     boundary_score: float | None = None
+    # Curation signals from the decode pass (stages/frame_signals.py) and the rule that filtered the clip.
+    motion: float | None = None
+    brightness: float | None = None
+    sharpness: float | None = None
+    frozen_fraction: float | None = None
+    filter_reason: str | None = None
 
 
 @dataclass
@@ -90,6 +104,16 @@ class Frame:
     height: int
     jpeg: bytes
     caption: str | None = None
+    # 64-bit DCT perceptual hash of the keyframe (stages/phash.py), as a signed int64.
+    phash: int | None = None
+    # Its CLIP image embedding (stages/clip_score.py), L2-normalised, float16 little-endian bytes.
+    embedding: bytes | None = None
+    # LAION's predictors over that embedding (models/predictors.py): aesthetic score (~1-10) and NSFW
+    # probability; None where CLIP never saw the keyframe.
+    aesthetic: float | None = None
+    nsfw: float | None = None
+    # The curation rule that filtered the keyframe (its own, or its clip's).
+    filter_reason: str | None = None
 
 
 @dataclass
@@ -136,6 +160,15 @@ class CosmoVideo:
 
 
 @dataclass
+class ShardPart:
+    """One video's samples, staged by the last stage as one object: every layout's tar members back to back.
+    A worker concatenates its group's parts into the group's tars; the driver only passes this on."""
+
+    path: str  # the object's local path or URI
+    spans: dict[str, tuple[int, int]]  # layout -> (offset, length) of its members in the object
+
+
+@dataclass
 class VideoRecord:
     video_id: str
     source: str
@@ -155,6 +188,18 @@ class VideoRecord:
     video_codec: str | None = None
     file_size: int | None = None
     language: str | None = None
+    # sha256 of the downloaded file's bytes (hex): exact duplicates under other source ids.
+    content_hash: str | None = None
+    # The video_id of the copy kept, where this one is a DUPLICATE of it.
+    duplicate_of: str | None = None
+    # Curation (stages/curation.py): the rule that filtered the video, and its signals (schemas/tables.py).
+    filter_reason: str | None = None
+    language_probability: float | None = None
+    no_speech_prob: float | None = None
+    avg_logprob: float | None = None
+    words_per_s: float | None = None
+    audio_dbfs: float | None = None
+    motion: float | None = None
     # The Ray node that ran the video stage for it (set by the Ray adapter; stages never import ray).
     node_id: str | None = None
     # Seconds spent per stage, e.g. {"download": 1.2, "decode": 3.4}.
@@ -163,13 +208,18 @@ class VideoRecord:
     counters: dict[str, int] = field(default_factory=dict)
     clips: list[Clip] = field(default_factory=list)
     frames: list[Frame] = field(default_factory=list)
+    # Clips and keyframes a curation rule filtered: out of the stages' way, kept for their table rows.
+    filtered_clips: list[Clip] = field(default_factory=list)
+    filtered_frames: list[Frame] = field(default_factory=list)
     # 16 kHz mono signed 16-bit little-endian PCM; None when the video has no audio.
     audio_pcm: bytes | None = None
     transcript: list[Segment] = field(default_factory=list)
     # Only when the cosmo shard format is on.
     cosmo_video: CosmoVideo | None = None
-    # Layout -> this record's sample as tar members (stages/shard_samples.py), made by the last stage.
-    shard_members: dict[str, bytes] = field(default_factory=dict)
+    # Where the last stage stages this video's samples: its output group's folder or prefix (set by the build).
+    staging: str | None = None
+    # The samples the last stage staged there (stages/shard_samples.py): the driver gets where, not the bytes.
+    shard_part: ShardPart | None = None
     document: Document | None = None
 
     @property
@@ -182,7 +232,7 @@ class VideoRecord:
         self.error = error
         self.audio_pcm = None
         self.cosmo_video = None
-        self.shard_members = {}
+        self.shard_part = None
         self.document = None
 
     def image_info(self) -> list[dict]:
@@ -192,7 +242,7 @@ class VideoRecord:
             return []
         return [
             {
-                "image_name": f"{frame_index}.jpg",
+                "image_name": f"{self.frames[frame_index].frame_idx}.jpg",
                 "frame_idx": self.frames[frame_index].frame_idx,
                 "t_s": self.frames[frame_index].t_s,
                 "matched_text_index": text_index,

@@ -29,6 +29,23 @@ VIDEOS = pa.schema(
         pa.field("timings", pa.map_(pa.string(), pa.float64())),
         # Filter counts, {"dropped_low_similarity": 2, ...}.
         pa.field("counters", pa.map_(pa.string(), pa.int64())),
+        # Curation (stages/curation.py): the rule that filtered the video (status "filtered"), and its
+        # signals, kept whatever the verdict. Speech ones from ASR: the detected language's probability,
+        # no-speech probability and average log-probability over the decoded windows (weighted by their
+        # length), words spoken per second of video; audio_dbfs is the audio's RMS level, motion the
+        # mean frame difference over the whole video (0..255).
+        pa.field("filter_reason", pa.string()),
+        pa.field("language_probability", pa.float64()),
+        pa.field("no_speech_prob", pa.float64()),
+        pa.field("avg_logprob", pa.float64()),
+        pa.field("words_per_s", pa.float64()),
+        pa.field("audio_dbfs", pa.float64()),
+        pa.field("motion", pa.float64()),
+        # Dedup: sha256 of the downloaded file (hex); for a duplicate (status "duplicate"), the video_id
+        # of the copy kept and, from `cosmo-data dedup`, the cosine similarity of their keyframes.
+        pa.field("content_hash", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_similarity", pa.float64()),
     ]
 )
 
@@ -42,6 +59,20 @@ CLIPS = pa.schema(
         # Which detector found the boundary and its score (schemas/records.py Clip); null where none did.
         pa.field("boundary_detector", pa.string()),
         pa.field("boundary_score", pa.float64()),
+        # Curation: "ok" or "filtered" with the rule that filtered it; signals from the decode pass's
+        # scene-detection frames (stages/frame_signals.py), on 0..255 grey levels: mean absolute
+        # difference of consecutive frames, mean brightness, variance of the Laplacian (sharpness), the
+        # share of consecutive frames that do not change (frozen).
+        pa.field("status", pa.string()),
+        pa.field("filter_reason", pa.string()),
+        pa.field("motion", pa.float64()),
+        pa.field("brightness", pa.float64()),
+        pa.field("sharpness", pa.float64()),
+        pa.field("frozen_fraction", pa.float64()),
+        # Dedup (`cosmo-data dedup`): "<video_id>/<clip_idx>" of the near-duplicate clip kept, and the
+        # cosine similarity of their keyframe embeddings.
+        pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_similarity", pa.float64()),
     ]
 )
 
@@ -54,6 +85,14 @@ FRAMES = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("caption", pa.string()),
+        # Curation: "ok" or "filtered" with the rule that filtered it (its own or its clip's).
+        pa.field("status", pa.string()),
+        pa.field("filter_reason", pa.string()),
+        # 64-bit DCT perceptual hash of the keyframe (stages/phash.py) as a signed int64.
+        pa.field("phash", pa.int64()),
+        # LAION's aesthetic score and NSFW probability from the keyframe's CLIP embedding.
+        pa.field("aesthetic", pa.float64()),
+        pa.field("nsfw", pa.float64()),
     ]
 )
 
@@ -91,6 +130,21 @@ DOCUMENTS = pa.schema(
         pa.field("similarity_matrix", pa.list_(pa.list_(pa.float64())), nullable=False),
         pa.field("assignment", pa.string(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
+        # Curation: "ok" or "filtered" with the rule that filtered it; a document that is not "ok" has
+        # no sample in the shards.
+        pa.field("status", pa.string()),
+        pa.field("filter_reason", pa.string()),
+    ]
+)
+
+# The keyframes' CLIP image embeddings (clip_score's model), L2-normalised, as float16 little-endian
+# bytes: 2 bytes a dimension (1.5 KB a keyframe for ViT-L-14). `cosmo-data dedup` clusters them.
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("clip_idx", pa.int32(), nullable=False),
+        pa.field("frame_idx", pa.int32(), nullable=False),
+        pa.field("embedding", pa.binary(), nullable=False),
     ]
 )
 
@@ -100,4 +154,5 @@ TABLES: dict[str, pa.Schema] = {
     "frames": FRAMES,
     "transcripts": TRANSCRIPTS,
     "documents": DOCUMENTS,
+    "embeddings": EMBEDDINGS,
 }

@@ -95,9 +95,21 @@ class AsrStage:
             record.transcript = to_segments(transcription, len(audio) / SAMPLE_RATE)
             if record.transcript:  # a language detected on silence or noise means nothing
                 record.language = transcription.language
+                record.language_probability = _rounded(transcription.language_probability)
+            record.no_speech_prob = _rounded(transcription.no_speech_prob)
+            record.avg_logprob = _rounded(transcription.avg_logprob)
+        for record in records:
+            # Curation's speech rate: 0 where nothing was said (no audio, silence, no text decoded).
+            words = sum(len(segment.text.split()) for segment in record.transcript)
+            record.words_per_s = round(words / record.duration_s, 4) if record.duration_s else None
         for record in records:
             # Used up: no later stage listens, and it would ride through every actor pool to the writer.
             record.audio_pcm = None
+
+
+def _rounded(value: float | None) -> float | None:
+    # As the segments' scores: batched decoding differs in the last float bits with batch composition.
+    return None if value is None else round(value, 4)
 
 
 def to_segments(transcription: Transcription, duration_s: float) -> list[Segment]:

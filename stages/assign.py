@@ -201,6 +201,7 @@ class AssignStage:
             raise VideoFailure(
                 FILTERED,
                 f"document has {len(document.sentences)} sentences, fewer than min_sentences={settings.min_sentences}",
+                "assign_min_sentences",
             )
         sim = _similarity_matrix(document)
         frames = list(document.image_frames)
@@ -215,7 +216,9 @@ class AssignStage:
         if len(rows) < settings.min_images:
             record.count("too_few_images")
             raise VideoFailure(
-                FILTERED, f"document keeps {len(rows)} images, fewer than min_images={settings.min_images}"
+                FILTERED,
+                f"document keeps {len(rows)} images, fewer than min_images={settings.min_images}",
+                "assign_min_images",
             )
         document.image_frames = [frames[r] for r in rows]
         document.similarity = sim[rows].tolist()

@@ -56,6 +56,7 @@ def process_each(
             fn(record)
         except VideoFailure as failure:
             record.fail(failure.status, failure.message)
+            record.filter_reason = failure.filter_reason or record.filter_reason
         except MemoryError:
             record.fail(failure_status, f"{stage}: out of memory")
         except Exception as exc:  # errors are data: the record carries the real message on

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cosmo_data.models import OpenClipModel, load_open_clip, no_grad, pick_device
+from cosmo_data.models.predictors import AESTHETIC, NSFW, embedding_size, load_predictor, score
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import CLIP_SCORE_FAILED, Frame, VideoRecord
 from cosmo_data.stages.base import process_batched, resources_from
@@ -29,10 +30,21 @@ class ClipScoreStage:
         self.resources = resources_from(resources)
         self.batch_size = resources.batch_size
         self.clip: OpenClipModel | None = None
+        self.predictors: dict[str, torch.nn.Module] = {}
 
     def setup(self) -> None:
         device = pick_device(self.config.resources)
         self.clip = load_open_clip(self.config.model, self.config.pretrained, device, self.config.fp16)
+        # LAION's aesthetic and NSFW MLPs, over the image embeddings computed below (CPU: a few MFLOPs a frame).
+        for kind, reference in ((AESTHETIC, self.config.aesthetic_model), (NSFW, self.config.nsfw_model)):
+            if reference is not None:
+                self.predictors[kind] = load_predictor(
+                    kind,
+                    reference,
+                    clip_name=self.config.model,
+                    clip_pretrained=self.config.pretrained,
+                    input_size=embedding_size(self.clip.model),
+                )
 
     def process(self, batch: list[VideoRecord]) -> list[VideoRecord]:
         return process_batched(batch, self._score, stage=self.name, failure_status=CLIP_SCORE_FAILED)
@@ -47,6 +59,11 @@ class ClipScoreStage:
         images = [(record, record.frames[k]) for record, indices in zip(scored, image_frames) for k in indices]
         texts = [sentence.text for record in scored for sentence in record.document.sentences]
         image_embeddings = self._embed_images(images)
+        # Stored (the embeddings table) for `cosmo-data dedup`: float16 halves them, and cosine
+        # similarities near the 0.9-0.98 thresholds move by < 1e-4 (768-d, measured).
+        for (_, frame), vector in zip(images, image_embeddings.half().numpy()):
+            frame.embedding = vector.astype("<f2").tobytes()
+        self._predict(images, image_embeddings)
         text_embeddings = self._embed_texts(texts)
         similarities = []
         image_at = text_at = 0
@@ -62,6 +79,13 @@ class ClipScoreStage:
         for record, indices, similarity in zip(scored, image_frames, similarities):
             record.document.image_frames = indices
             record.document.similarity = similarity
+
+    def _predict(self, images: list[tuple[VideoRecord, Frame]], embeddings: torch.Tensor) -> None:
+        """Each keyframe's aesthetic score and NSFW probability, rounded (like the similarities) so that
+        reruns store the same values whatever the batch composition. The kinds name Frame's fields."""
+        for kind, predictor in self.predictors.items():
+            for (_, frame), value in zip(images, score(predictor, embeddings)):
+                setattr(frame, kind, round(value, SIMILARITY_DECIMALS))
 
     @no_grad
     def _embed_images(self, images: list[tuple[VideoRecord, Frame]]) -> torch.Tensor:

@@ -42,6 +42,7 @@ from cosmo_data.schemas.records import (
 from cosmo_data.stages.audio import AudioCollector
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 from cosmo_data.stages.frame_sampling import SCALING, RateSampler, fit_width
+from cosmo_data.stages.frame_signals import FrameSignals
 from cosmo_data.stages.keyframes import CandidatePool, wanted_keyframes
 from cosmo_data.stages.scenes import TRANSNETV2, clips_from_boundaries, detector_process
 
@@ -77,6 +78,7 @@ class DecodedVideo:
     # Set when decoding stopped early but some frames came out: where, of how long, and ffmpeg's words.
     decode_error: str | None = None
     keyframe_shortfall: int = 0  # keyframes the clips should have had but the candidate pool lacked
+    motion: float | None = None  # mean frame difference over the whole video (stages/frame_signals.py)
 
 
 def decode_video(path: Path, record: VideoRecord, config: BuildConfig, cosmo_video: Path | None = None) -> None:
@@ -100,6 +102,7 @@ def decode_video(path: Path, record: VideoRecord, config: BuildConfig, cosmo_vid
     record.frames = decoded.frames
     record.audio_pcm = decoded.audio_pcm
     record.cosmo_video = decoded.cosmo_video
+    record.motion = decoded.motion
     if decoded.decode_error is not None:
         record.error = decoded.decode_error
         record.count("decode_truncated")
@@ -205,6 +208,9 @@ def _scan(
         of = f"of {probed_s:.2f} s (the header's duration)" if probed_s is not None else "(the header has no duration)"
         error = f"decoding stopped at {decoded_end_s:.2f} s {of}: {error}"
     clips = clips_from_boundaries(boundaries, decoded_end_s, config.scenes.max_clip_s)
+    for clip, signals in zip(clips, scan.signals.per_clip(clips)):
+        clip.motion, clip.brightness = signals.motion, signals.brightness
+        clip.sharpness, clip.frozen_fraction = signals.sharpness, signals.frozen_fraction
     frames = scan.candidates.pick(clips, config.scenes.gradual_window_s)
     width, height = scan.display_size
     return DecodedVideo(
@@ -224,6 +230,7 @@ def _scan(
         candidates_encoded=scan.candidates.encoded,
         decode_error=error,
         keyframe_shortfall=wanted_keyframes(len(clips), config.keyframes) - len(frames),
+        motion=scan.signals.video_motion(),
     )
 
 
@@ -251,6 +258,10 @@ class _VideoScan:
         self._every_frame = config.scenes.detector == TRANSNETV2
         self._detect = RateSampler(config.scenes.detect_fps)
         self._detect_reformatter = VideoReformatter()
+        # Curation's picture signals, from the detectors' frames (TransNetV2's are too small: for it
+        # frames of the same size and rate are made for the signals alone).
+        self.signals = FrameSignals()
+        self._signal_sampler = RateSampler(config.scenes.detect_fps) if self._every_frame else None
         self.frames_decoded = 0
         self.frames_sampled = 0
         self.end_s = 0.0
@@ -278,16 +289,22 @@ class _VideoScan:
                 frame, width=TRANSNET_WIDTH, height=TRANSNET_HEIGHT, format="rgb24", interpolation="BICUBIC", threads=1
             ).to_ndarray()
             self.scenes.push(t_s, small)
+            if self._signal_sampler.take(t_s):
+                self.signals.add(t_s, self._detect_frame(frame))
         elif self._detect.take(t_s):
             self.frames_sampled += 1
-            width, height = fit_width(frame.width, frame.height, self._config.scenes.detect_width)
-            small = self._detect_reformatter.reformat(
-                frame, width=width, height=height, format="bgr24", interpolation=SCALING, threads=1
-            ).to_ndarray()
+            small = self._detect_frame(frame)
             self.scenes.push(t_s, small)
+            self.signals.add(t_s, small)
         self.candidates.offer(t_s, frame, self.rotation)
         if self.cosmo_video is not None:
             self.cosmo_video.offer(t_s, frame)
+
+    def _detect_frame(self, frame: av.VideoFrame):
+        width, height = fit_width(frame.width, frame.height, self._config.scenes.detect_width)
+        return self._detect_reformatter.reformat(
+            frame, width=width, height=height, format="bgr24", interpolation=SCALING, threads=1
+        ).to_ndarray()
 
     def close(self) -> None:
         self.scenes.close()

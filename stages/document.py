@@ -80,7 +80,9 @@ class DocumentStage:
         sentences = build_sentences(record)
         if not sentences:
             record.count("no_sentences")
-            raise VideoFailure(FILTERED, "no sentences: no keyframe has a caption and the transcript is empty")
+            raise VideoFailure(
+                FILTERED, "no sentences: no keyframe has a caption and the transcript is empty", "document_no_sentences"
+            )
         record.document = Document(
             doc_id=record.video_id,
             sentences=sentences,

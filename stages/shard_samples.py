@@ -1,6 +1,7 @@
-"""Every shard layout's sample of a finished record, made on the worker as the tar members the driver
-only concatenates: the driver never encodes, joins or base64s anything (HowTo100M-size builds pull
-records from Ray while it writes).
+"""Every shard layout's sample of a finished record, made on the worker as tar members and staged there as
+one object per video (stage_part) under the output group's staging folder: the driver never encodes, joins,
+base64s or even receives a shard byte (HowTo100M-size builds pull records from Ray while it writes). A
+worker concatenates a finished group's parts into its tars (pipeline/writer.py, write_shards).
 
 Each layout function maps one finished record to one sample dict ({"__key__": ..., "<ext>": bytes}) or
 None when the record has nothing for that layout. Every document is in every layout or in none, so a
@@ -10,6 +11,8 @@ record that one layout cannot hold is filtered: trainers mixing layouts see one 
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import json
 import tarfile
 from collections.abc import Callable
@@ -17,8 +20,18 @@ from collections.abc import Callable
 from cosmo_data.models.gpt2_tokens import fit_tokens, gpt2_encoding
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_CAPTION_TOKENS, COSMO_VIDEO_SPEED, hms
-from cosmo_data.schemas.records import FILTERED, SHARD_FAILED, Clip, Sentence, VideoFailure, VideoRecord
+from cosmo_data.schemas.records import (
+    DISK_FULL,
+    FILTERED,
+    SHARD_FAILED,
+    Clip,
+    Sentence,
+    ShardPart,
+    VideoFailure,
+    VideoRecord,
+)
 from cosmo_data.stages.base import process_each, resources_from
+from cosmo_data.storage import location, write_atomic
 
 # Shards are byte-identical across reruns: fixed member metadata, members in a fixed order.
 TAR_MTIME = 0
@@ -46,7 +59,7 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
         ],
         "frames": [
             {
-                "image_name": f"{k}.jpg",
+                "image_name": f"{f.frame_idx}.jpg",
                 "frame_idx": f.frame_idx,
                 "clip_idx": f.clip_idx,
                 "t_s": f.t_s,
@@ -54,7 +67,7 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
                 "height": f.height,
                 "caption": f.caption,
             }
-            for k, f in enumerate(record.frames)
+            for f in record.frames
         ],
     }
     if document is not None:
@@ -69,8 +82,9 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
             n_tokens=document.n_tokens,
         )
     sample: dict[str, bytes] = {"__key__": str(meta["doc_id"]), "json": _json_bytes(meta)}
-    for k, frame in enumerate(record.frames):
-        sample[f"{k}.jpg"] = frame.jpeg
+    # Named by frame_idx, which stays the keyframe's number where curation filtered others.
+    for frame in record.frames:
+        sample[f"{frame.frame_idx}.jpg"] = frame.jpeg
     return sample
 
 
@@ -136,7 +150,7 @@ def cosmo_sample(record: VideoRecord) -> dict[str, bytes] | None:
         "video_speed": COSMO_VIDEO_SPEED,
         "source_clips": source_clips,
         # Past this the mp4 repeats the video's last frame (stages/cosmo_video.py).
-        "video_end_s": record.clips[-1].end_s,
+        "video_end_s": max(c.end_s for c in record.clips + record.filtered_clips),
     }
     return {"__key__": document.doc_id, "json": _json_bytes(meta), "mp4": video.mp4}
 
@@ -176,10 +190,26 @@ def tar_members(sample: dict[str, bytes]) -> bytes:
     return bytes(blocks)
 
 
+def stage_part(folder: str, source_index: int, members: dict[str, bytes]) -> ShardPart:
+    """Write one video's samples (each layout's tar members, back to back) as one object under its group's
+    staging folder, whole or not at all. The name is the source index and a digest of the bytes: a retried
+    task that makes the same samples writes the same object again, one that makes other samples (a
+    deadline met on a busy node) writes its own, and the group takes exactly the part of the record the
+    driver accepted; the others go with the folder."""
+    data = b"".join(members.values())
+    path = location(folder) / f"{source_index:09d}-{hashlib.sha256(data).hexdigest()[:16]}.part"
+    write_atomic(path, data)
+    spans, offset = {}, 0
+    for fmt, blob in members.items():
+        spans[fmt] = (offset, len(blob))
+        offset += len(blob)
+    return ShardPart(str(path), spans)
+
+
 class ShardSamplesStage:
-    """The last stage: each ok record's samples in every configured layout, as tar members. Then the
-    pictures and the cosmo video, which the samples now hold, leave the record: the driver gets table
-    rows and these bytes only."""
+    """The last stage: each ok record's samples in every configured layout, as tar members staged as one
+    object (stage_part) where the record's `staging` says. Then the pictures and the cosmo video, which
+    the samples now hold, leave the record: the driver gets table rows and the part's name only."""
 
     name = "shard_samples"
 
@@ -198,8 +228,18 @@ class ShardSamplesStage:
         samples = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
         empty = [fmt for fmt, sample in samples.items() if sample is None]
         if empty:
-            raise VideoFailure(FILTERED, f"document has nothing to write in the {', '.join(empty)} format")
-        record.shard_members = {fmt: tar_members(sample) for fmt, sample in samples.items()}
+            raise VideoFailure(
+                FILTERED, f"document has nothing to write in the {', '.join(empty)} format", "output_empty_sample"
+            )
+        if record.staging is None:
+            raise VideoFailure(SHARD_FAILED, "no staging folder for the samples (the build sets one per group)")
+        members = {fmt: tar_members(sample) for fmt, sample in samples.items()}
+        try:
+            record.shard_part = stage_part(record.staging, record.source_index, members)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # a full disk passes: --retry-failed builds its group again
+                raise VideoFailure(DISK_FULL, f"no space left to stage the samples under {record.staging}") from exc
+            raise
         record.cosmo_video = None
         for frame in record.frames:
             frame.jpeg = b""

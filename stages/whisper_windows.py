@@ -58,6 +58,29 @@ class DecodeSettings:
 class Transcription:
     language: str | None  # None: batched found no window with sound to detect it from
     segments: list[Segment]
+    # Curation signals: the detected language's probability (None where it was given, not detected),
+    # and no-speech probability and average log-probability over every decoded window, weighted by the
+    # window's length (None where no window was decoded).
+    language_probability: float | None = None
+    no_speech_prob: float | None = None
+    avg_logprob: float | None = None
+
+
+class WindowScores:
+    """Length-weighted means of the decoded windows' no-speech probability and average log-probability."""
+
+    def __init__(self) -> None:
+        self.seconds = self.no_speech = self.logprob = 0.0
+
+    def add(self, seconds: float, result: DecodingResult) -> None:
+        self.seconds += seconds
+        self.no_speech += seconds * result.no_speech_prob
+        self.logprob += seconds * result.avg_logprob
+
+    def means(self) -> tuple[float | None, float | None]:
+        if not self.seconds:
+            return None, None
+        return self.no_speech / self.seconds, self.logprob / self.seconds
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,7 @@ class AudioStream:
     language: str
     seek: int = 0
     segments: list[Segment] = field(default_factory=list)
+    scores: WindowScores = field(default_factory=WindowScores)
 
 
 def cut_windows(audio: np.ndarray, silence_dbfs: float) -> list[tuple[int, int]]:
@@ -146,6 +170,8 @@ def transcribe_batched(
     windows = [window for rank in zip_longest(*per_audio) for window in rank if window is not None]
     detect = settings.language is None and model.is_multilingual
     languages: list[str | None] = [None if detect else settings.language or "en"] * len(audios)
+    language_probabilities: list[float | None] = [None] * len(audios)
+    scores = [WindowScores() for _ in audios]
     segments: list[list[Segment]] = [[] for _ in audios]
     for first in range(0, len(windows), window_batch):
         batch = windows[first : first + window_batch]
@@ -161,13 +187,15 @@ def transcribe_batched(
             _, probabilities = model.detect_language(features[undetected])
             for i, probs in zip(undetected, probabilities):
                 languages[batch[i].audio] = max(probs, key=probs.get)
+                language_probabilities[batch[i].audio] = float(max(probs.values()))
         results = _decode_with_fallback(model, features, [languages[w.audio] for w in batch], settings, dtype)
         for window, result in zip(batch, results):
+            scores[window.audio].add((window.end - window.start) / SAMPLE_RATE, result)
             if not _is_silence(result, settings):
                 segments[window.audio].extend(window_segments(window, result, tokenizer, token_s))
     return [
-        Transcription(language, [replace(s, seg_idx=i) for i, s in enumerate(found)])
-        for language, found in zip(languages, segments)
+        Transcription(language, [replace(s, seg_idx=i) for i, s in enumerate(found)], probability, *score.means())
+        for language, found, probability, score in zip(languages, segments, language_probabilities, scores)
     ]
 
 
@@ -212,7 +240,7 @@ def transcribe_sequential(model: Whisper, audios: list[np.ndarray], settings: De
         whisper.log_mel_spectrogram(audio, model.dims.n_mels, padding=WINDOW_SAMPLES, device=model.device)
         for audio in audios
     ]
-    languages = _languages(model, mels, settings.language, dtype)
+    languages, probabilities = _languages(model, mels, settings.language, dtype)
     streams = [
         AudioStream(mel=mel, content_frames=mel.shape[-1] - WINDOW_FRAMES, language=language)
         for mel, language in zip(mels, languages)
@@ -227,8 +255,12 @@ def transcribe_sequential(model: Whisper, audios: list[np.ndarray], settings: De
         features = model.embed_audio(windows.to(dtype))
         results = _decode_with_fallback(model, features, [s.language for s in active], settings, dtype)
         for stream, size, result in zip(active, sizes, results):
+            stream.scores.add(size * HOP_LENGTH / SAMPLE_RATE, result)
             take_window(stream, size, result, tokenizer, settings, frames_per_token)
-    return [Transcription(s.language, s.segments) for s in streams]
+    return [
+        Transcription(s.language, s.segments, probability, *s.scores.means())
+        for s, probability in zip(streams, probabilities)
+    ]
 
 
 def _dtype(model: Whisper, settings: DecodeSettings) -> torch.dtype:
@@ -237,16 +269,19 @@ def _dtype(model: Whisper, settings: DecodeSettings) -> torch.dtype:
     return torch.float16 if settings.fp16 and model.device.type == "cuda" else torch.float32
 
 
-def _languages(model: Whisper, mels: list[torch.Tensor], language: str | None, dtype: torch.dtype) -> list[str]:
+def _languages(
+    model: Whisper, mels: list[torch.Tensor], language: str | None, dtype: torch.dtype
+) -> tuple[list[str], list[float | None]]:
+    """Each audio's language and its detected probability (None where it was given)."""
     import torch
     import whisper
 
     if language is not None or not model.is_multilingual:
-        return [language or "en"] * len(mels)
+        return [language or "en"] * len(mels), [None] * len(mels)
     # Detected from the first 30 s of the padded mel, as whisper.transcribe does.
     firsts = torch.stack([whisper.pad_or_trim(mel, WINDOW_FRAMES) for mel in mels]).to(dtype)
     _, probabilities = model.detect_language(firsts)
-    return [max(probs, key=probs.get) for probs in probabilities]
+    return [max(probs, key=probs.get) for probs in probabilities], [float(max(p.values())) for p in probabilities]
 
 
 def _decode_with_fallback(

@@ -7,7 +7,9 @@ reach) becomes a `RemotePath`, which offers the part of Path's interface the bui
 
 S3 takes its endpoint, region and credentials from the standard AWS variables and files
 (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION or AWS_REGION, AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or ~/.aws/credentials). An object is written by one PUT (or
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or ~/.aws/credentials). gs:// goes through pyarrow's GCS client
+(Google's default credentials; STORAGE_EMULATOR_HOST points it at a local emulator, as it does Google's
+own libraries). A scheme pyarrow lacks goes through fsspec (fsspec's memory:// in the tests). An object is written by one PUT (or
 one multipart upload), which S3 makes visible only when it is complete, so nothing is written to a
 temporary name first. Errors are StorageError: one line naming the URI, with no credential in it.
 """
@@ -18,9 +20,13 @@ import fnmatch
 import os
 import posixpath
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 from urllib.parse import urlsplit
 
 LOCAL_SCHEMES = ("", "file")
@@ -88,6 +94,14 @@ def filesystem(scheme: str):
         options["connect_timeout"] = 10
         options["request_timeout"] = 60
         return pafs.S3FileSystem(**options)
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if scheme in ("gs", "gcs") and emulator:
+        # Google's client libraries' variable for a local GCS (an emulator): plain HTTP, no credentials.
+        # Otherwise pyarrow's GCS client finds the credentials as Google's libraries do.
+        parts = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+        return pafs.GcsFileSystem(
+            anonymous=True, endpoint_override=parts.netloc, scheme=parts.scheme, retry_time_limit=timedelta(seconds=10)
+        )
     try:
         return pafs.FileSystem.from_uri(f"{scheme}://")[0]
     except Exception:
@@ -246,6 +260,17 @@ class RemotePath:
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Object storage has no folders; a prefix exists once an object is under it."""
 
+    def remove_tree(self) -> None:
+        """Every object under this prefix (S3: batched deletes, a thousand keys a request)."""
+
+        def remove() -> None:
+            try:
+                self.fs.delete_dir(self.path)
+            except FileNotFoundError:
+                pass
+
+        self._call("delete", remove)
+
 
 AnyPath = Union[Path, RemotePath]
 
@@ -263,6 +288,46 @@ def write_atomic(path: AnyPath, data: bytes, tmp_prefix: str = ".tmp-") -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def open_atomic(path: AnyPath, tmp_prefix: str = ".tmp-") -> Iterator[BinaryIO]:
+    """A file written in pieces that appears whole or not at all. Locally: a temporary name, synced and
+    renamed on success, removed on an error. On object storage: one (multipart) upload, which S3 shows
+    only once it is completed; a kill leaves an incomplete upload that nobody sees (a bucket lifecycle rule
+    AbortIncompleteMultipartUpload reclaims its space). pyarrow cannot abort an upload: closing its stream
+    after an error completes it, so then the object is deleted at once (callers check their inputs first)."""
+    if isinstance(path, RemotePath):
+        stream = path._call("write", lambda: path.fs.open_output_stream(path.path))
+        try:
+            yield stream
+        except BaseException:
+            try:
+                stream.close()
+            finally:
+                path.unlink(missing_ok=True)
+            raise
+        path._call("write", stream.close)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{tmp_prefix}{path.name}")
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_tree(path: AnyPath) -> None:
+    """A folder or prefix and everything under it; nothing when it is not there."""
+    if isinstance(path, RemotePath):
+        path.remove_tree()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def open_binary(path: AnyPath):

@@ -304,7 +304,10 @@ def write_corpus(
     groups: dict[int, list[VideoRecord]] = {}
     # The build's last stage makes the samples and takes the pictures off what it hands the writer; the
     # records returned keep their pictures and get what the stage recorded (timings, a filtered status).
-    written = ShardSamplesStage(config).process(copy.deepcopy(records))
+    staged = copy.deepcopy(records)
+    for record in staged:
+        record.staging = writer.staging_for(record.source_index // videos_per_group)
+    written = ShardSamplesStage(config).process(staged)
     for record, done in zip(records, written):
         record.status, record.error, record.timings = done.status, done.error, done.timings
     for record in written:

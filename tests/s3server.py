@@ -61,7 +61,19 @@ class S3Server:
         return f"s3://{bucket}/{key}"
 
 
-def _free_port() -> int:
+def wait_for_port(server: subprocess.Popen, port: int, name: str, timeout_s: float = 30) -> None:
+    """Until the server started as `server` accepts connections on loopback `port`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, f"{name} did not come up"
+            time.sleep(0.1)
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -71,7 +83,7 @@ def _free_port() -> int:
 def moto_s3() -> Iterator[S3Server]:
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     server = subprocess.Popen(
         [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
@@ -81,14 +93,7 @@ def moto_s3() -> Iterator[S3Server]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not come up"
-                time.sleep(0.1)
+        wait_for_port(server, port, "moto_server")
         endpoint = f"http://127.0.0.1:{port}"
         iam = boto3.client(
             "iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"

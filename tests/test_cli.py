@@ -113,7 +113,7 @@ def test_retry_options_reach_the_build(tmp_path, monkeypatch, options, expected)
 
     seen = {}
 
-    def fake_build(sources, out, settings, *, retry_failed):
+    def fake_build(sources, out, settings, *, retry_failed, exclude_ids=None):
         seen["retry"] = retry_failed
         return build_module.BuildResult(out=out, sources=1, ok=1)
 

@@ -276,7 +276,7 @@ def test_text_from_the_data_is_escaped_never_markup(tmp_path, browser):
     assert len(facts["images"]) == len(hostile.frames)  # no <img> smuggled in
     sentences = [item.get("sentence") for item in facts["documents"][0]["items"]]
     assert HOSTILE in sentences
-    assert facts["failed"] == [["bad_hostile", HOSTILE, DOWNLOAD_FAILED, f"ERROR: {HOSTILE}\nsecond line"]]
+    assert facts["failed"] == [["bad_hostile", HOSTILE, DOWNLOAD_FAILED, "", f"ERROR: {HOSTILE}\nsecond line"]]
     assert browser.console_errors() == []
 
 

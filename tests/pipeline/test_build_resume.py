@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from cosmo_data.pipeline.build import BuildError, build, build_fingerprint
+from cosmo_data.pipeline.progress import Progress
 from cosmo_data.pipeline.sources import read_sources
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import (
@@ -218,3 +221,94 @@ def test_retry_failed_rebuilds_only_the_groups_with_retryable_failures(tmp_path)
 def test_retryable_statuses_are_failure_kinds():
     assert {DISK_FULL, RATE_LIMITED, "deadline_exceeded"} <= RETRYABLE
     assert DOWNLOAD_FAILED not in RETRYABLE and "ok" not in RETRYABLE
+
+
+# --- shard bytes stay off the driver; a kill between staged parts and markers --------------------------
+
+# A build killed (kill -9: driver, its Ray and the workers) when the `kill_at`-th record reaches the driver:
+# that record's samples are staged, its group is not written. argv: source, out, seen folder, kill_at.
+KILLED_DRIVER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_build_resume as t
+from cosmo_data.pipeline.progress import Progress
+
+source, out, seen, kill_at = sys.argv[1:5]
+
+
+class KillAt(Progress):
+    def record_done(self, record):
+        super().record_done(record)
+        if self.done == int(kill_at):
+            os.killpg(0, signal.SIGKILL)
+
+
+t._run(Path(source), Path(out), Path(seen), progress=KillAt(6))
+"""
+
+
+def _bytes_in(value: object) -> list[bytes]:
+    """Every bytes value anywhere in a record (dataclasses, lists, dicts)."""
+    if isinstance(value, bytes):
+        return [value]
+    if hasattr(value, "__dataclass_fields__"):
+        return [b for name in value.__dataclass_fields__ for b in _bytes_in(getattr(value, name))]
+    if isinstance(value, dict):
+        return [b for item in value.values() for b in _bytes_in(item)]
+    if isinstance(value, (list, tuple)):
+        return [b for item in value for b in _bytes_in(item)]
+    return []
+
+
+class ShardBytesWatch(Progress):
+    """What reaches the driver's on_record: the staged part of every ok record, and no byte of it."""
+
+    def __init__(self, total: int):
+        super().__init__(total)
+        self.parts: list[int] = []
+
+    def record_done(self, record: VideoRecord) -> None:
+        super().record_done(record)
+        if record.ok:
+            staged = Path(record.shard_part.path).read_bytes()  # there until its group is marked
+            self.parts.append(len(staged))
+            assert all(frame.jpeg == b"" for frame in record.frames) and record.cosmo_video is None
+            assert not [b for b in _bytes_in(record) if b and b in staged], "shard bytes reached the driver"
+
+
+@pytest.mark.slow
+def test_a_kill_between_staged_parts_and_markers_resumes_with_nothing_twice_and_no_shard_byte_on_the_driver(
+    tmp_path,
+):
+    ids = [f"killed{k:05d}" for k in range(6)]  # 11 characters: YouTube ids, never downloaded here
+    source = tmp_path / "ids.txt"
+    source.write_text("\n".join(ids) + "\n")
+    out, seen = tmp_path / "out", tmp_path / "seen"
+    seen.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILLED_DRIVER.format(tests=str(Path(__file__).parent)))
+    killed = subprocess.run(
+        [sys.executable, str(driver), str(source), str(out), str(seen), "4"],
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    marked = {p.stem for p in (out / "_state/groups").glob("*.json") if p.stem.isdigit()}  # not .tmp- names
+    staged = list((out / "_state/parts").rglob("*.part"))
+    # Killed with samples staged for groups that have no marker (the 4th record's group among them).
+    assert len(marked) < 3 and staged and not {p.parent.name for p in staged} & marked
+
+    watch = ShardBytesWatch(len(ids))
+    resumed = _run(source, out, seen, progress=watch)
+    assert (resumed.ok, resumed.groups_written + resumed.groups_resumed) == (6, 3)
+    assert resumed.groups_resumed == len(marked) and len(watch.parts) == 2 * resumed.groups_written
+    for fmt in FORMATS:
+        shards = sorted(str(p) for p in (out / "shards" / fmt).glob("*.tar"))
+        keys = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+        assert sorted(keys) == ids, fmt  # every sample once
+        assert json.loads((out / "shards" / fmt / "sizes.json").read_text()) == {f"{g:06d}.tar": 2 for g in range(3)}
+    assert sorted(r["video_id"] for r in _tables(out)["videos"]) == ids
+    assert not list((out / "_state/parts").rglob("*")) and not list(out.rglob(".tmp-*"))

@@ -96,6 +96,8 @@ def test_a_build_from_s3_to_s3_resumes_and_reads_back_with_no_local_copy(s3, tmp
     for name in ("corpus/build.json", "corpus/_state/run.json", "corpus/shards/mmc4/sizes.json"):
         assert name in keys
     assert "corpus/shards/native/num_samples.json" in keys and not [k for k in keys if ".tmp-" in k]
+    # The workers staged each video's samples in the bucket; the tars made, the parts are gone.
+    assert not [k for k in keys if k.startswith("corpus/_state/parts/") and not k.endswith("/")]
     summary = json.loads(location(out + "/build.json").read_text())
     assert sum(summary["videos_per_node"].values()) == 5 and len(summary["videos_per_node"]) == 1
     assert list(workdir.iterdir()) == []  # no local copy of anything

@@ -4,11 +4,13 @@ stopped by the tests. Sources and corpus on a real S3 server on loopback (moto).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -232,6 +234,12 @@ def test_ray_job_submit_builds_on_both_nodes_and_a_second_submission_resumes(clu
     assert set(per_node) == nodes and sum(per_node.values()) == 4  # decoded on both nodes
     rows = _video_rows(s3, bucket, "corpus")
     assert sorted(r["status"] for r in rows) == ["ok"] * 4 and {r["node_id"] for r in rows} == nodes
+    # Each node's workers staged their videos' samples in the bucket, and tasks on the cluster made the
+    # tars from them: every sample is in its layout's tars, and no staged part is left.
+    for fmt in ("native", "mmc4", "cosmo"):
+        sizes = json.loads(location(f"{out}/shards/{fmt}/sizes.json").read_text())
+        assert sum(sizes.values()) == 4, (fmt, sizes)
+    assert not [k for k in s3.keys(bucket, "corpus/_state/parts/") if not k.endswith("/")]
 
     second = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:]
@@ -247,7 +255,9 @@ import json, sys, threading, time
 import psutil
 from cosmo_data.pipeline.build import build
 from cosmo_data.schemas.config import BuildConfig
+from cosmo_data.schemas.records import Clip, Frame
 from cosmo_data.stages.base import Resources
+from cosmo_data.stages.shard_samples import ShardSamplesStage
 
 source, out, address, victim_id, victim_pid = sys.argv[1:6]
 
@@ -265,7 +275,10 @@ class SlowStage:
     def process(self, batch):
         time.sleep(1.0)
         for record in batch:
+            # A native sample for the last stage to stage: one clip, one keyframe.
             record.duration_s = 1.0
+            record.clips = [Clip(0, 0.0, 1.0, "start")]
+            record.frames = [Frame(0, 0, 0.5, 8, 8, record.video_id.encode() * 100)]
         return batch
 
 
@@ -299,7 +312,7 @@ config = BuildConfig.model_validate(
         "output": {"videos_per_shard": 3, "formats": ["native"]},
     }
 )
-result = build([source], out, config, progress=Watch(), stages_factory=lambda c: [SlowStage()])
+result = build([source], out, config, progress=Watch(), stages_factory=lambda c: [SlowStage(), ShardSamplesStage(c)])
 counts["after"] = len(arrived)
 print(json.dumps({"counts": counts, "ok": result.ok, "failures": result.failures, "arrived": arrived}))
 """
@@ -331,6 +344,13 @@ def test_a_worker_node_lost_mid_build_loses_and_duplicates_nothing(cluster, s3, 
     assert report["ok"] == len(ids) and report["failures"] == {}, report
     rows = _video_rows(s3, bucket, "corpus")
     assert sorted(r["video_id"] for r in rows) == ids  # nothing lost, nothing twice
+    # The same in the shards, made on the nodes from the samples their workers staged.
+    tars = [
+        location(f"s3://{bucket}/{key}") for key in s3.keys(bucket, "corpus/shards/native/") if key.endswith(".tar")
+    ]
+    keys = [name for tar in tars for name in tarfile.open(fileobj=io.BytesIO(tar.read_bytes())).getnames()]
+    assert sorted(keys) == sorted([f"{i}.0.jpg" for i in ids] + [f"{i}.json" for i in ids])
+    assert not [k for k in s3.keys(bucket, "corpus/_state/parts/") if not k.endswith("/")]
     per_node = json.loads(location(f"{out}/build.json").read_text())["videos_per_node"]
     assert sum(per_node.values()) == len(ids) and len(per_node) >= 2
     print(f"node loss: {counts['before']} videos back before the kill, {counts['after']} after; per node {per_node}")

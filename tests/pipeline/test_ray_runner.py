@@ -1,6 +1,8 @@
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +20,9 @@ import pytest
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.generated_media import CUT, make_sample_video
 from cosmo_data.pipeline.ray_runner import (
+    TRACE_ENV,
     RayConnectionError,
+    _StageWorker,
     check_ray_address,
     pool_size,
     ray_for_build,
@@ -65,10 +69,27 @@ class NotingStage:
         return batch
 
 
+def test_a_stage_worker_lets_go_of_each_input_pickle_once_it_is_read():
+    import numpy as np
+
+    # A whole batch of pickles (PCM and cosmo videos inside) stayed beside the records to the batch's end.
+    blobs = np.empty(3, dtype=object)  # what Ray Data hands the worker: an object array of bytes
+    blobs[:] = [pickle.dumps(VideoRecord(f"v{n}", f"v{n}", n)) for n in range(3)]
+    batch = {"record": blobs}
+    out = _StageWorker([NotingStage("asr", 2, Resources())], seed=0)(batch)
+    assert [pickle.loads(blob).counters["asr_videos"] for blob in out["record"]] == [2, 2, 1]
+    assert "record" not in batch and list(blobs) == [None, None, None]
+
+
 @pytest.mark.parametrize("max_input_blocks", [None, 3], ids=["a video per block", "several videos per block"])
-def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes(max_input_blocks, monkeypatch):
+def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes(
+    max_input_blocks, monkeypatch, tmp_path
+):
     import ray
     import ray.cloudpickle
+
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE_ENV, str(trace))
 
     if max_input_blocks:  # as a source of more than MAX_INPUT_BLOCKS videos is read
         monkeypatch.setattr("cosmo_data.pipeline.ray_runner.MAX_INPUT_BLOCKS", max_input_blocks)
@@ -92,6 +113,20 @@ def test_stages_with_equal_resources_share_one_worker_and_keep_their_batch_sizes
     assert {r.counters["asr_pid"] for r in done} == {r.counters["caption_pid"] for r in done}
     assert {r.counters["video_pid"] for r in done}.isdisjoint({r.counters["asr_pid"] for r in done})
     assert max(r.counters["asr_videos"] for r in done) <= 2 < max(r.counters["caption_videos"] for r in done) <= 4
+    # The trace (COSMO_DATA_TRACE) has every worker's setup, every stage call, every record's arrival.
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    setups = {(e["stage"], e["pid"]) for e in events if e["event"] == "setup"}
+    # Every worker that handled a record was set up once; with several videos a block, one of the two video
+    # workers may get every block and the other none.
+    assert {(name, r.counters[f"{name}_pid"]) for r in done for name in ("video", "asr", "caption")} <= setups
+    assert sorted(name for name, _ in setups) in (["asr", "caption", "video"], ["asr", "caption", "video", "video"])
+    for name in ("video", "asr", "caption"):
+        calls = [e for e in events if e["event"] == "call" and e["stage"] == name]
+        assert sorted(v for call in calls for v in call["videos"]) == sorted(r.video_id for r in done)
+        assert all(call["start"] <= call["end"] for call in calls)
+    arrivals = [e for e in events if e["event"] == "record"]
+    assert sorted(v for e in arrivals for v in e["videos"]) == sorted(r.video_id for r in done)
+    assert {e["event"] for e in events} >= {"ray_init", "run", "run_end", "ray_shutdown"}
 
 
 def test_a_ray_the_caller_started_outlives_the_build():
@@ -110,6 +145,14 @@ def test_a_ray_the_caller_started_outlives_the_build():
 def test_no_more_workers_than_videos():
     stage = NotingStage("video", 1, Resources(concurrency=8))
     assert [pool_size([stage], videos) for videos in (1, 3, 100)] == [1, 3, 8]
+
+
+def test_on_this_machines_own_ray_no_more_cpu_workers_than_cores():
+    video = NotingStage("video", 1, Resources(cpus=1, concurrency=8))
+    models = NotingStage("asr", 1, Resources(cpus=2, concurrency=2))
+    on_a_gpu = NotingStage("caption", 1, Resources(cpus=1, gpus=1, concurrency=4))
+    assert [pool_size([s], 100, cores=2) for s in (video, models, on_a_gpu)] == [2, 1, 4]
+    assert [pool_size([s], 100, cores=None) for s in (video, models, on_a_gpu)] == [8, 2, 4]  # a joined cluster
 
 
 # A cluster as `ray start` makes one, which a build joins with --ray-address. Ray turns token
@@ -242,4 +285,17 @@ def test_a_worker_no_node_can_hold_is_named_while_the_build_waits(ray_cluster, s
         give_up.cancel()
         os.killpg(build.pid, signal.SIGKILL)
         build.wait()
-    assert "the asr worker asks for 8 CPUs" in warning and "has more than 4" in warning
+    # The stages that share ASR's resources (the speech rules) are named with it.
+    assert re.search(r"the asr(, \w+)* worker asks for 8 CPUs", warning) and "has more than 4" in warning
+
+
+def test_the_shipped_gpu_config_fits_one_gpu():
+    """default.yaml is what a one-GPU workstation runs first: its pools' GPU shares must fit one GPU, or Ray
+    Data would wait for a second GPU without a word."""
+    from cosmo_data.pipeline.build import make_stages
+    from cosmo_data.schemas.config import load_config
+
+    config = load_config(TINY_CONFIG.with_name("default.yaml"))
+    pools = worker_groups(make_stages(config))
+    asked = sum(group[0].resources.gpus * group[0].resources.concurrency for group in pools)
+    assert 0 < asked <= 1.0

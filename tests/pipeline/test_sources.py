@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cosmo_data.pipeline.sources import SourceError, classify, read_sources
+from cosmo_data.pipeline.sources import SourceError, classify, read_exclude_ids, read_sources
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -12,17 +12,54 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_text_file_skips_comments_blanks_and_duplicates(tmp_path):
-    source = write(
-        tmp_path,
-        "ids.txt",
-        b"# HowTo100M sample\n\ndQw4w9WgXcQ\n  dQw4w9WgXcQ  \nhttps://youtu.be/dQw4w9WgXcQ\nabcdefghijk\n",
-    )
+def test_text_file_skips_comments_blanks_and_repeated_lines(tmp_path):
+    source = write(tmp_path, "ids.txt", b"# HowTo100M sample\n\ndQw4w9WgXcQ\n  dQw4w9WgXcQ  \nabcdefghijk\n")
     rows = read_sources([source])
     assert [r.video_id for r in rows] == ["dQw4w9WgXcQ", "abcdefghijk"]
     assert [r.source_index for r in rows] == [0, 1]
     assert rows[0].locator == "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
-    assert all(r.kind == "youtube" for r in rows)
+    assert all(r.kind == "youtube" and r.status is None for r in rows)
+
+
+def test_same_video_under_another_spelling_is_a_duplicate_row_of_the_first(tmp_path):
+    clip = write(tmp_path, "clip.mp4", b"")
+    lines = [
+        "https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=10",
+        "abcdefghijk",
+        "dQw4w9WgXcQ",
+        "https://youtu.be/dQw4w9WgXcQ",
+        "https://youtu.be/dQw4w9WgXcQ",  # the same line again: skipped
+        str(clip),
+        "./clip.mp4",
+    ]
+    rows = read_sources([write(tmp_path, "ids.txt", "\n".join(lines).encode())])
+    assert [(r.source, r.status, r.duplicate_of) for r in rows] == [
+        (lines[0], None, None),
+        ("abcdefghijk", None, None),
+        ("dQw4w9WgXcQ", "duplicate", "dQw4w9WgXcQ"),
+        ("https://youtu.be/dQw4w9WgXcQ", "duplicate", "dQw4w9WgXcQ"),
+        (str(clip), None, None),
+        ("./clip.mp4", "duplicate", rows[4].video_id),
+    ]
+    assert len({r.video_id for r in rows}) == len(rows)  # every row keeps a key of its own
+    assert [r.source_index for r in rows] == list(range(len(rows)))
+    assert "the same video as" in rows[2].error
+
+
+def test_exclude_ids_mark_rows_whatever_the_spelling(tmp_path):
+    excluded = read_exclude_ids(
+        write(tmp_path, "eval.txt", b"# eval set\nhttps://youtu.be/abcdefghijk\nhttp://h/v.mp4\n")
+    )
+    assert excluded == {"abcdefghijk", "http://h/v.mp4"}
+    source = write(tmp_path, "ids.txt", b"abcdefghijk\ndQw4w9WgXcQ\nhttp://h/v.mp4\nhttp://h/w.mp4\n")
+    rows = read_sources([source], exclude_ids=excluded)
+    assert [r.status for r in rows] == ["excluded", None, "excluded", None]
+    assert rows[0].error and rows[1].error is None
+
+
+def test_exclude_file_with_a_bad_line_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="exclude file"):
+        read_exclude_ids(write(tmp_path, "eval.txt", b"abcdefghijk\nnot a video\n"))
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,16 @@
+import copy
 import io
 import json
+from concurrent.futures import Future
+from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 from PIL import Image
 
-from cosmo_data.pipeline.writer import CorpusWriter
+from cosmo_data.pipeline.writer import CorpusWriter, write_shards
 from cosmo_data.schemas import tables as schemas
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import (
@@ -19,6 +23,7 @@ from cosmo_data.schemas.records import (
     VideoRecord,
 )
 from cosmo_data.stages.shard_samples import ShardSamplesStage
+from cosmo_data.storage import StorageError
 
 
 def jpeg(color) -> bytes:
@@ -27,7 +32,9 @@ def jpeg(color) -> bytes:
     return buffer.getvalue()
 
 
-def finished_record(index: int) -> VideoRecord:
+def finished_record(index: int, staging: str, formats: tuple[str, ...] = ("native",)) -> VideoRecord:
+    """A finished video of source index `index`, through the build's last stage, its samples staged in
+    `staging` (a writer's staging_for(group))."""
     record = VideoRecord(
         f"vid{index}",
         f"/v/{index}.mp4",
@@ -54,15 +61,18 @@ def finished_record(index: int) -> VideoRecord:
     record.document = Document(
         f"vid{index}", sentences, [0, 1], [[0.3, 0.1, 0.0], [0.0, 0.1, 0.4]], [0, 2], [0.3, 0.4], "mmc4", 7
     )
+    record.staging = staging
     # The build's last stage: the samples the writer puts into tars.
-    return ShardSamplesStage(BuildConfig.model_validate({"output": {"formats": ["native"]}})).process([record])[0]
+    config = BuildConfig.model_validate({"output": {"formats": list(formats)}})
+    return ShardSamplesStage(config).process([record])[0]
 
 
 def test_group_is_written_with_schemas_and_reads_back(tmp_path):
     failed = VideoRecord("bad", "/v/bad.mp4", 2)
     failed.fail(DOWNLOAD_FAILED, "ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found")
     writer = CorpusWriter(tmp_path, ["native"])
-    summary = writer.write_group(0, [failed, finished_record(1), finished_record(0)])
+    staging = writer.staging_for(0)
+    summary = writer.write_group(0, [failed, finished_record(1, staging), finished_record(0, staging)])
     assert (summary.videos, summary.ok, summary.failures, summary.samples) == (
         3,
         2,
@@ -92,18 +102,18 @@ def test_group_is_written_with_schemas_and_reads_back(tmp_path):
 
 def test_rewriting_a_group_gives_identical_bytes(tmp_path):
     a, b = CorpusWriter(tmp_path / "a", ["native"]), CorpusWriter(tmp_path / "b", ["native"])
-    a.write_group(3, [finished_record(0)])
-    b.write_group(3, [finished_record(0)])
+    a.write_group(3, [finished_record(0, a.staging_for(3))])
+    b.write_group(3, [finished_record(0, b.staging_for(3))])
     for rel in ("shards/native/000003.tar", "documents/part-000003.parquet"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
 def test_recover_removes_unfinished_groups_and_temp_files(tmp_path):
     writer = CorpusWriter(tmp_path, ["native"])
-    writer.write_group(0, [finished_record(0)])
-    writer.write_group(1, [finished_record(1)])
+    writer.write_group(0, [finished_record(0, writer.staging_for(0))])
+    writer.write_group(1, [finished_record(1, writer.staging_for(1))])
     # A run killed after writing group 2's files but before its marker, mid-way through a temp file.
-    writer.write_group(2, [finished_record(2)])
+    writer.write_group(2, [finished_record(2, writer.staging_for(2))])
     (tmp_path / "_state/groups/000002.json").unlink()
     (tmp_path / "shards/native/.tmp-000003.tar").write_bytes(b"partial")
 
@@ -122,13 +132,11 @@ def test_recover_removes_unfinished_groups_and_temp_files(tmp_path):
 def test_writing_a_group_reads_no_marker_and_resumed_manifests_equal_a_fresh_build(tmp_path, monkeypatch):
     """The manifests are kept from counts in memory: a group written reads none of the done markers (at
     4,700 groups re-reading them all cost ~100 ms per group), and a resumed build writes the same bytes."""
-    from pathlib import Path
-
     from cosmo_data.schemas.corpus_layout import SIZES_FILES
 
     first = CorpusWriter(tmp_path / "resumed", ["native", "mmc4"])
     for group in range(6):
-        first.write_group(group, [finished_record(group)])
+        first.write_group(group, [finished_record(group, first.staging_for(group))])
     marker_reads: list[Path] = []
     read_text = Path.read_text
 
@@ -142,14 +150,14 @@ def test_writing_a_group_reads_no_marker_and_resumed_manifests_equal_a_fresh_bui
     resumed.recover()
     assert len(marker_reads) == 6  # once, at start
     for group in range(6, 12):
-        resumed.write_group(group, [finished_record(group)])
+        resumed.write_group(group, [finished_record(group, resumed.staging_for(group))])
     assert len(marker_reads) == 6, "writing a group re-read the done markers"
     assert [s.group for s in resumed.group_summaries()] == list(range(12))
     assert len(marker_reads) == 6
 
     fresh = CorpusWriter(tmp_path / "fresh", ["native", "mmc4"])
     for group in range(12):
-        fresh.write_group(group, [finished_record(group)])
+        fresh.write_group(group, [finished_record(group, fresh.staging_for(group))])
     for fmt in ("native", "mmc4"):
         for name in SIZES_FILES:
             written = (tmp_path / "resumed" / "shards" / fmt / name).read_bytes()
@@ -163,7 +171,7 @@ def test_recover_removes_table_parts_and_shards_that_are_no_finished_group(tmp_p
     any that is not a finished group's file (under the exact name the writer gives it) is removed, as
     readers glob them all; other files are left alone. A stray name never stops a resume."""
     writer = CorpusWriter(tmp_path, ["native"])
-    writer.write_group(0, [finished_record(0)])
+    writer.write_group(0, [finished_record(0, writer.staging_for(0))])
     strays = [
         tmp_path / "videos" / "part-x.parquet",
         tmp_path / "videos" / "part-0.parquet",  # group 0, but not the name the writer gives it
@@ -182,3 +190,81 @@ def test_recover_removes_table_parts_and_shards_that_are_no_finished_group(tmp_p
     assert (tmp_path / "videos" / "part-000000.parquet").exists()
     assert (tmp_path / "shards" / "native" / "000000.tar").exists()
     assert json.loads((tmp_path / "shards/native/sizes.json").read_text()) == {"000000.tar": 1}
+
+
+BOTH = ("native", "mmc4")
+
+
+def _samples(tar: Path) -> list[dict]:
+    return list(wds.WebDataset(str(tar), shardshuffle=False).decode())
+
+
+def test_a_groups_tars_come_from_the_parts_of_the_records_it_was_given_and_the_parts_then_go(tmp_path):
+    """Two attempts at one video (a retried task on a busy node) staged different samples: the group's tar
+    holds the one of the record the driver accepted, once, and the staging folder goes with the marker."""
+    writer = CorpusWriter(tmp_path, ["native", "mmc4"])
+    staging = writer.staging_for(0)
+    accepted = finished_record(0, staging, BOTH)
+    retry = copy.deepcopy(accepted)
+    retry.frames[0].caption, retry.frames[0].jpeg = "another caption", jpeg("green")
+    retry.shard_part = None
+    ShardSamplesStage(BuildConfig.model_validate({"output": {"formats": ["native", "mmc4"]}})).process([retry])
+    assert len(list(Path(staging).iterdir())) == 2 and retry.shard_part != accepted.shard_part
+
+    summary = writer.write_group(0, [accepted, finished_record(1, staging, BOTH)])
+    assert summary.samples == {"native": 2, "mmc4": 2}
+    [first, second] = _samples(tmp_path / "shards/native/000000.tar")
+    assert (first["__key__"], second["__key__"]) == ("vid0", "vid1")
+    assert [f["caption"] for f in first["json"]["frames"]] == ["a red square", "a blue square"]
+    assert not Path(staging).exists() and (tmp_path / "_state/groups/000000.json").exists()
+
+
+def test_a_kill_between_staged_parts_and_the_marker_resumes_with_nothing_twice(tmp_path):
+    """Killed while groups 1 and 2 were between their staged parts and their markers (group 2's tars made,
+    its marker not yet written): the rerun removes their files and parts, rebuilds them whole, and every
+    sample is in the shards once, as in a build never killed."""
+    killed = CorpusWriter(tmp_path / "out", ["native", "mmc4"])
+    killed.write_group(0, [finished_record(0, killed.staging_for(0), BOTH)])
+    never: Future = Future()  # a tars task the driver never heard back from
+    killed.make_shards = lambda out, group, formats, parts: write_shards(out, group, formats, parts) or never
+    killed.write_group(2, [finished_record(2, killed.staging_for(2), BOTH)])
+    finished_record(1, killed.staging_for(1), BOTH)  # staged; its group was not complete yet
+    assert (tmp_path / "out/shards/native/000002.tar").exists()
+    assert not (tmp_path / "out/_state/groups/000002.json").exists()
+    assert len(list((tmp_path / "out/_state/parts").rglob("*.part"))) == 2
+
+    resumed = CorpusWriter(tmp_path / "out", ["native", "mmc4"])
+    resumed.recover()
+    assert resumed.done_groups() == {0} and not (tmp_path / "out/_state/parts").exists()
+    assert not (tmp_path / "out/shards/native/000002.tar").exists()
+    for group in (1, 2):
+        resumed.write_group(group, [finished_record(group, resumed.staging_for(group), BOTH)])
+    fresh = CorpusWriter(tmp_path / "fresh", ["native", "mmc4"])
+    for group in range(3):
+        fresh.write_group(group, [finished_record(group, fresh.staging_for(group), BOTH)])
+    for fmt in BOTH:
+        tars = sorted((tmp_path / "out/shards" / fmt).glob("*.tar"))
+        keys = [sample["__key__"] for tar in tars for sample in _samples(tar)]
+        assert keys == ["vid0", "vid1", "vid2"]
+        for tar in tars:
+            assert tar.read_bytes() == (tmp_path / "fresh/shards" / fmt / tar.name).read_bytes()
+        assert json.loads((tmp_path / "out/shards" / fmt / "sizes.json").read_text()) == {
+            "000000.tar": 1,
+            "000001.tar": 1,
+            "000002.tar": 1,
+        }
+    assert not list((tmp_path / "out/_state/parts").rglob("*"))
+
+
+def test_a_missing_part_fails_the_group_in_one_line_and_shows_no_tar(tmp_path):
+    """A part the tars task cannot see (an --out that is a local folder on another node): the group is not
+    marked, no tar of it appears, and the error says what --out must be."""
+    writer = CorpusWriter(tmp_path, ["native"])
+    record = finished_record(0, writer.staging_for(0))
+    Path(record.shard_part.path).unlink()
+    with pytest.raises(StorageError) as caught:
+        writer.write_group(0, [record])
+    message = str(caught.value)
+    assert message.startswith("cannot write the shards of group 000000: 1 staged samples are not under ")
+    assert "every Ray node reaches" in message and "\n" not in message
+    assert not list((tmp_path / "shards").rglob("*.tar")) and writer.done_groups() == set()

@@ -229,10 +229,12 @@ def test_documents_with_too_few_images_or_sentences_are_filtered():
     sim = np.array([[0.05, 0.02]])
     [out] = AssignStage(config_with(min_images=1)).process([assigned_record(sim, [scene_jpeg(1)], [1.0], 2)])
     assert out.status == FILTERED and "fewer than min_images=1" in out.error
+    assert out.filter_reason == "assign_min_images"
     assert out.counters == {"dropped_low_similarity": 1, "dropped_too_few_images": 1}
 
     [out] = AssignStage(config_with(min_sentences=3)).process([assigned_record(sim, [scene_jpeg(1)], [1.0], 2)])
     assert out.status == FILTERED and "2 sentences, fewer than min_sentences=3" in out.error
+    assert out.filter_reason == "assign_min_sentences"
     assert out.counters == {"dropped_too_few_sentences": 1}
 
 

@@ -89,6 +89,7 @@ def test_video_without_captions_or_speech_is_filtered_and_counted():
     assert "no sentences" in out.error
     assert out.document is None
     assert out.counters == {"dropped_no_sentences": 1}
+    assert out.filter_reason == "document_no_sentences"  # the funnel's name for it
 
 
 def test_failed_records_pass_through_untouched():

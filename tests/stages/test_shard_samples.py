@@ -1,4 +1,5 @@
 import base64
+import copy
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ from loaders import cosmo_interleaved_video, openflamingo_mmc4
 from PIL import Image
 
 from cosmo_data.models.gpt2_tokens import count_tokens
-from cosmo_data.pipeline.writer import tar_bytes
+from cosmo_data.pipeline.writer import tar_end
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_MAX_TOKENS
 from cosmo_data.schemas.records import DECODE_FAILED, FILTERED, Clip, Frame, Segment, Sentence, VideoRecord
@@ -249,20 +250,31 @@ def test_clip_sentences_go_by_sentence_midpoint():
     assert clip_sentences(sentences, clips) == [["a"], ["b", "c"]]
 
 
-def test_the_last_stage_makes_every_layouts_tar_members_and_lightens_the_record(tmp_path):
+def test_the_last_stage_stages_every_layouts_tar_members_and_lightens_the_record(tmp_path):
     [record, talk] = finish([cooking_video(tmp_path), talk_video()])
     expected = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in ("native", "mmc4", "cosmo")}
     stage = ShardSamplesStage(BuildConfig())
     stage.setup()
+    staging = tmp_path / "parts" / "000000"
+    record.staging = talk.staging = str(staging)
+    again = copy.deepcopy(record)
     [record, talk] = stage.process([record, talk])
-    # The cooking video's members, as a tar of their own, read back as its samples.
+    # One object for the video, named by its source index and its bytes' digest.
+    [part] = staging.iterdir()
+    assert record.shard_part.path == str(part) and part.name.startswith("000000000-") and part.suffix == ".part"
+    data = part.read_bytes()
+    # Each layout's span of it, as a tar of its own, reads back as the cooking video's sample.
     for fmt, sample in expected.items():
+        offset, length = record.shard_part.spans[fmt]
         tar = tmp_path / f"{fmt}.tar"
-        tar.write_bytes(tar_bytes([record.shard_members[fmt]]))
+        tar.write_bytes(data[offset : offset + length] + tar_end(length))
         [read] = list(wds.WebDataset(str(tar), shardshuffle=False))
         assert {k: v for k, v in read.items() if k not in ("__url__", "__local_path__")} == sample
-    # What the driver still gets: table data, no pictures, no video.
+    # What the driver gets: table data and where the part is; no pictures, no video, no sample bytes.
     assert all(frame.jpeg == b"" for frame in record.frames) and record.cosmo_video is None
-    # The talk video has no cosmo video: in no layout, filtered with the reason.
+    # The same samples made again (a retried task) are the same object, written again whole.
+    [retried] = stage.process([again])
+    assert retried.shard_part == record.shard_part and list(staging.iterdir()) == [part]
+    # The talk video has no cosmo video: in no layout, filtered with the reason, nothing staged.
     assert talk.status == FILTERED and talk.error == "document has nothing to write in the cosmo format"
-    assert talk.shard_members == {}
+    assert talk.shard_part is None

@@ -1,0 +1,123 @@
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from corpus_factory import Corpus, build_corpus
+from loaders import cosmo_interleaved_video
+
+from cosmo_data.corpus import rewrite
+from cosmo_data.corpus.query import connect
+from cosmo_data.corpus.rewrite import finish_pending_rewrite, read_tables, rewrite_corpus
+from cosmo_data.corpus.validate import validate
+from cosmo_data.schemas.records import FILTERED
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Corpus:
+    """6 ok videos and 2 failures in 3 groups of 3, all three formats."""
+    return build_corpus(tmp_path_factory.mktemp("rewrite") / "out", n_ok=6, n_failed=2, videos_per_group=3)
+
+
+@pytest.fixture
+def out(pristine, tmp_path) -> Path:
+    return Path(shutil.copytree(pristine.out, tmp_path / "out"))
+
+
+def with_status(table: pa.Table, key: str, ids: set[str], status: str, reason: str) -> pa.Table:
+    chosen = pc.is_in(table[key], pa.array(sorted(ids), pa.string()))
+    statuses = pc.if_else(chosen, status, pc.coalesce(table["status"], "ok"))
+    reasons = pc.if_else(chosen, reason, table["filter_reason"])
+    table = table.set_column(table.schema.get_field_index("status"), "status", statuses)
+    return table.set_column(table.schema.get_field_index("filter_reason"), "filter_reason", reasons)
+
+
+def shard_keys(out: Path, fmt: str) -> set[str]:
+    import tarfile
+
+    keys = set()
+    for tar_path in sorted((out / "shards" / fmt).glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            keys |= {m.name.split(".", 1)[0] for m in tar}
+    return keys
+
+
+def test_rewrite_takes_filtered_videos_and_documents_out_of_every_layout(out):
+    tables = read_tables(out)
+    ok_ids = sorted(pc.filter(tables["videos"]["video_id"], pc.equal(tables["videos"]["status"], "ok")).to_pylist())
+    dropped_video, dropped_document = ok_ids[0], ok_ids[1]  # both in group 0
+    tables["videos"] = with_status(tables["videos"], "video_id", {dropped_video}, FILTERED, "clip_brightness_min")
+    tables["documents"] = with_status(tables["documents"], "doc_id", {dropped_document}, FILTERED, "doc_sim_mean")
+    tables["videos"] = with_status(tables["videos"], "video_id", {dropped_document}, FILTERED, "doc_sim_mean")
+    before = (out / "shards" / "native" / "000001.tar").read_bytes()
+
+    summary = rewrite_corpus(out, tables)
+
+    kept = set(ok_ids) - {dropped_video, dropped_document}
+    assert summary.samples == {"cosmo": 4, "mmc4": 4, "native": 4}
+    assert summary.samples_removed == {"cosmo": 2, "mmc4": 2, "native": 2}
+    for fmt in ("native", "mmc4", "cosmo"):
+        assert shard_keys(out, fmt) == kept
+        sizes = json.loads((out / "shards" / fmt / "num_samples.json").read_text())
+        assert sum(sizes.values()) == 4
+    # COSMO's loader reads what is left (the factory's JPEGs are below OpenFlamingo's 10 KB minimum).
+    cosmo = list(cosmo_interleaved_video([str(p) for p in sorted((out / "shards" / "cosmo").glob("*.tar"))]))
+    assert len(cosmo) == 4
+    # A group nothing was dropped from keeps its tar byte for byte.
+    assert (out / "shards" / "native" / "000001.tar").read_bytes() == before
+    # Rows stay, with their status and the rule's name.
+    with connect(out) as db:
+        rows = dict(db.execute("SELECT video_id, filter_reason FROM videos WHERE status = 'filtered'").fetchall())
+        assert rows == {dropped_video: "clip_brightness_min", dropped_document: "doc_sim_mean"}
+        assert db.execute("SELECT count(*) FROM documents").fetchone()[0] == 6
+    build = json.loads((out / "build.json").read_text())
+    assert build["ok"] == 4 and build["failures"]["filtered"] == 2
+    assert not (out / "_state" / "rewrite").exists()
+    report = validate(out)
+    assert report.problems == []
+
+
+def test_old_files_stay_until_the_new_set_is_complete_and_a_broken_switch_is_finished(out, monkeypatch):
+    tables = read_tables(out)
+    first = tables["videos"]["video_id"][0].as_py()
+    tables["videos"] = with_status(tables["videos"], "video_id", {first}, FILTERED, "rule")
+    old_tar = (out / "shards" / "mmc4" / "000000.tar").read_bytes()
+
+    # Killed while staging: the old corpus is untouched, and the next rewrite drops the leftovers.
+    real_write = rewrite.write_atomic
+    calls = []
+
+    def dying_write(path, data):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(rewrite, "write_atomic", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite_corpus(out, tables)
+    assert (out / "shards" / "mmc4" / "000000.tar").read_bytes() == old_tar
+    assert validate(out).problems == []
+    monkeypatch.setattr(rewrite, "write_atomic", real_write)
+    assert finish_pending_rewrite(out) is False
+    assert not (out / "_state" / "rewrite").exists()
+
+    # Killed while switching: the next call moves the rest into place.
+    real_move = rewrite._move
+    moved = []
+
+    def dying_move(source, target):
+        moved.append(target)
+        if len(moved) == 3:
+            raise KeyboardInterrupt
+        real_move(source, target)
+
+    monkeypatch.setattr(rewrite, "_move", dying_move)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite_corpus(out, tables)
+    monkeypatch.setattr(rewrite, "_move", real_move)
+    assert finish_pending_rewrite(out) is True
+    assert first not in shard_keys(out, "mmc4")
+    assert validate(out).problems == []
