@@ -114,7 +114,9 @@ def test_sigkill_mid_build_then_resume_equals_clean_run(demo_corpus, demo_source
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done_before = len(_done_markers(markers))
-    assert 2 <= done_before < 4
+    # Groups' tars are made by Ray tasks and their markers written as the tasks end, several at once: the
+    # kill can land after the last marker, still before the build's end (build.json, the card).
+    assert 2 <= done_before <= 4
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
