@@ -11,8 +11,10 @@ plus the peak RSS of decode_video on a short 4K file, measured in a fresh subpro
 detectors on real footage with known cuts, 1 s dissolves and fades (tests/stages/real_footage.py: bike
 race, cockatoo and diver shots, a cut 0.7 s after some fades and dissolves): F1 of cuts and of gradual
 transitions apart (per video and pooled over all, "all"), frames/s and CPU seconds per minute of video
-of the whole decode pass with each. real_c and real_d are held out: made after the detectors' constants
-were set on real_a and real_b (real_d after this round's fixes). With --scenes-only, just that part.
+of the whole decode pass with each. real_c, real_d and real_e were each held out when made: real_c after
+the detectors' constants were set on real_a and real_b, real_d after the fixes that real_c prompted,
+real_e (other footage: an animated film, a music video, a cartoon, a car interior) after the fixes
+that real_d prompted. "held_out" pools real_e alone. With --scenes-only, just that part.
 
 Usage: python bench/bench_video.py --out bench/results/video.json
 """
@@ -190,7 +192,7 @@ def scene_detectors() -> dict:
     import real_footage
 
     if not real_footage.sources_available():
-        return {"skipped": "needs python3-imageio and pd-extendedview (scripts/setup.sh)"}
+        return {"skipped": "needs python3-imageio, pd-extendedview and gem-doc (scripts/setup.sh)"}
     videos = [real_footage.cached_real_video(CACHE, name) for name in real_footage.SHOT_LISTS]
     report = {}
     for label, scenes in SCENE_DETECTORS.items():

@@ -7,9 +7,11 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v chromium >/dev/null || need+=(chromium)
-# Real footage for the scene detection tests (tests/stages/real_footage.py): cockatoo.mp4, diver.mov.
+# Real footage for the scene detection tests (tests/stages/real_footage.py): cockatoo.mp4, diver.mov,
+# homer.avi.
 [ -f /usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4 ] || need+=(python3-imageio)
 [ -f /usr/share/doc/pd-extendedview/media/diver.mov ] || need+=(pd-extendedview)
+[ -f /usr/share/gem/examples/data/homer.avi ] || need+=(gem-doc)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

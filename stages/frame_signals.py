@@ -32,6 +32,12 @@ class ClipSignals:
     frozen_fraction: float | None
 
 
+def sharpness(grey: np.ndarray) -> float:
+    """Variance of the Laplacian: edges; a blurred (by focus or by motion) or flat picture has few."""
+    _, deviation = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))  # half the time of numpy's var()
+    return float(deviation[0, 0]) ** 2
+
+
 class FrameSignals:
     """Feed small BGR frames in time order with add(); per_clip() sums them over each clip."""
 
@@ -46,7 +52,7 @@ class FrameSignals:
         grey = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
         self._times.append(t_s)
         self._brightness.append(float(grey.mean()))
-        self._sharpness.append(float(cv2.Laplacian(grey, cv2.CV_32F).var()))
+        self._sharpness.append(sharpness(grey))
         if self._previous is None or self._previous.shape != grey.shape:
             self._difference.append(float("nan"))
         else:

@@ -12,6 +12,8 @@ import numpy as np
 from scenedetect import SceneDetector
 from scenedetect.common import FrameTimecode
 
+from cosmo_data.stages.cuts import shifted_difference
+
 # The gradual detector works on frames this wide: small enough that texture and small motion average
 # out, large enough to tell a blend of two shots from a moving one.
 ANALYSIS_WIDTH = 32
@@ -34,6 +36,12 @@ MAX_VARIANCE_RATIO = 0.75
 # A dip is below both ends by a margin: a middle within 10% of the lower end is contrast falling from
 # one end to the other, not a blend's dip (generated footage: 0.97-1.0 there; dissolves 0.46-0.88).
 MIN_DIP = 0.9
+# A dissolve's change is a blend, which no shift of the picture undoes; a fast pan's is mostly a shift.
+# So a contrast dip where the best small shift (MOTION_SHIFT pixels at ANALYSIS_WIDTH) removes more
+# than this share of the sample-to-sample change is motion, not a dissolve (real footage: dissolves
+# 0.00-0.17, a pan across a dull stretch of a bike race 0.33, other motion 0.37-0.51).
+MAX_MOTION_SHARE = 0.25
+MOTION_SHIFT = 2
 # A fade through black: the darkest frame is at most this fraction of the brightness at both ends.
 DARK_DIP_FRACTION = 0.35
 
@@ -49,6 +57,8 @@ class _Window:
     # Spatial variance of the middle frame over the mean of the ends': a blend of two unrelated
     # pictures has less contrast than either (0.5 at a dissolve's middle); motion keeps it near 1.
     variance_ratio: float = 1.0
+    # Share of the sample-to-sample change inside the window that the best small shift removes.
+    motion_share: float = 0.0
 
     @property
     def middle_s(self) -> float:
@@ -143,7 +153,8 @@ class GradualTransitionDetector(SceneDetector):
         middle = min(self._samples, key=lambda s: abs(s.t_s - (oldest.t_s + newest.t_s) / 2))
         change = _mean_abs_difference(newest.image, oldest.image)
         half_change = _mean_abs_difference(newest.image, middle.image)
-        steps = [s.step for s in list(self._samples)[1:]]
+        samples = list(self._samples)
+        steps = [s.step for s in samples[1:]]
         ends = (oldest.variance + newest.variance) / 2
         variance_ratio = middle.variance / ends if ends > 0 else 1.0
         if middle.variance >= MIN_DIP * min(oldest.variance, newest.variance):
@@ -153,13 +164,16 @@ class GradualTransitionDetector(SceneDetector):
             if (oldest.variance + newest.variance + 2 * covariance) / 4 / ends > MAX_VARIANCE_RATIO:
                 variance_ratio = 1.0  # no blend of these ends loses this much contrast: not a blend's dip
         gradual = False
+        motion_share = 0.0
         holds_cut = max(steps) > MAX_STEP_FRACTION * change
         if change >= self._threshold and not holds_cut:
             # A blend of the ends; where motion spoils the fit, a loss of contrast still tells one.
             gradual = variance_ratio <= MAX_VARIANCE_RATIO or (
                 _blend_residual(oldest.image, middle.image, newest.image) <= self._blend_tolerance * change
             )
-        return _Window(oldest.t_s, newest.t_s, change, gradual, half_change, holds_cut, variance_ratio)
+            if variance_ratio <= MAX_VARIANCE_RATIO:  # only a dip is judged by it (the shifts cost)
+                motion_share = _motion_share(samples)
+        return _Window(oldest.t_s, newest.t_s, change, gradual, half_change, holds_cut, variance_ratio, motion_share)
 
     def _track(self, window: _Window) -> list[tuple[float, float]]:
         if window.gradual:
@@ -204,7 +218,7 @@ class GradualTransitionDetector(SceneDetector):
         for peak, dip in ready:
             if (prominence := self._prominence(peak)) >= 1:
                 found.append((peak.middle_s, prominence))
-            elif dip.variance_ratio <= MAX_VARIANCE_RATIO:
+            elif dip.variance_ratio <= MAX_VARIANCE_RATIO and dip.motion_share <= MAX_MOTION_SHARE:
                 # Fast motion on either side hides the change; the loss of contrast still shows it.
                 found.append((dip.middle_s, round(dip.variance_ratio, 3)))
         return found
@@ -239,6 +253,13 @@ def analysis_image(frame_bgr: np.ndarray) -> np.ndarray:
 def _mean_abs_difference(first: np.ndarray, second: np.ndarray) -> float:
     # One C call: on frames this small numpy's abs(a - b).mean() costs four times as much.
     return cv2.norm(first, second, cv2.NORM_L1) / first.size
+
+
+def _motion_share(samples: list[_Sample]) -> float:
+    """Share of the sample-to-sample change that the best shift of up to MOTION_SHIFT pixels removes."""
+    pairs = list(zip(samples, samples[1:]))
+    shifted = sum(shifted_difference(a.image, b.image, MOTION_SHIFT) for a, b in pairs)
+    return 1 - shifted / max(sum(b.step for _, b in pairs), 1e-6)
 
 
 def _blend_residual(first: np.ndarray, middle: np.ndarray, last: np.ndarray) -> float:

@@ -67,7 +67,9 @@ def test_the_model_is_loaded_once_per_worker_process():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sources_available(), reason="needs python3-imageio and pd-extendedview (scripts/setup.sh)")
+@pytest.mark.skipif(
+    not sources_available(), reason="needs python3-imageio, pd-extendedview and gem-doc (scripts/setup.sh)"
+)
 def test_real_footage_boundaries_match_the_packages_predict_video(tmp_path):
     """Our one decode pass (every frame, 48x27) against the package decoding the file itself."""
     path = cached_real_video(tmp_path, "real_b")
