@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -139,14 +140,17 @@ def embedding_size(clip_model: torch.nn.Module) -> int:
 
 
 def _tiny_checkpoint(kind: str, input_size: int) -> Path:
-    def write(path: Path) -> None:
-        import torch
+    """Tiny random weights, in a file named by the architecture's keys and shapes: a checkpoint cached
+    by a version of this code whose layers were named otherwise is never loaded (it broke builds)."""
+    import torch
 
-        with _seeded():
-            model = ARCHITECTURES[kind](input_size)
-        torch.save(model.state_dict(), path)
-
-    return create_once(tiny_dir("predictors") / f"{kind}-{input_size}.pth", write)
+    with _seeded():
+        model = ARCHITECTURES[kind](input_size)
+    layout = json.dumps(sorted((key, list(value.shape)) for key, value in model.state_dict().items()))
+    digest = hashlib.sha1(layout.encode()).hexdigest()[:10]
+    return create_once(
+        tiny_dir("predictors") / f"{kind}-{input_size}-{digest}.pth", lambda path: torch.save(model.state_dict(), path)
+    )
 
 
 def published_checkpoint(kind: str, name: str) -> Path:

@@ -96,6 +96,29 @@ def test_a_real_format_checkpoint_loads_and_scores_as_the_published_model(kind, 
         load_predictor(kind, str(path), **REAL_CLIP, input_size=1024)
 
 
+def test_a_tiny_checkpoint_cached_for_other_layer_names_is_not_loaded(monkeypatch):
+    """The tiny weights' file is named by the architecture's keys: renamed layers get a new file."""
+    size = 32
+    first = load_predictor(
+        AESTHETIC, "sac+logos+ava1-l14-linearMSE", clip_name=TINY_CLIP, clip_pretrained=None, input_size=size
+    )
+    original = predictors_module.ARCHITECTURES[AESTHETIC]
+
+    def renamed(input_size: int) -> torch.nn.Module:
+        model = torch.nn.Module()
+        model.head = original(input_size)  # every key now starts with "head."
+        model.forward = model.head.forward
+        return model
+
+    monkeypatch.setitem(predictors_module.ARCHITECTURES, AESTHETIC, renamed)
+    monkeypatch.setitem(predictors_module.FIRST_LAYER, AESTHETIC, "head.layers.0.weight")
+    second = load_predictor(
+        AESTHETIC, "sac+logos+ava1-l14-linearMSE", clip_name=TINY_CLIP, clip_pretrained=None, input_size=size
+    )
+    assert list(second.state_dict()) == [f"head.{key}" for key in first.state_dict()]
+    assert len(list((models.tiny_dir("predictors")).glob("aesthetic-*.pth"))) == 2
+
+
 def test_published_names_are_fetched_once_into_the_cache_and_checked(tmp_path, monkeypatch):
     archive = io.BytesIO()
     weights = io.BytesIO()
