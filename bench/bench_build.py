@@ -25,7 +25,9 @@ our video stage alone (download + decode pass, 2 processes). Each gets wall seco
 (its processes in a cgroup of their own, so the other work on a shared machine does not count); the
 JSON has the ratios of both, per round and their median, and the build's busy and idle seconds per
 stage and pool and its queues over time (bench/build_trace.py); --timeline draws the first round's
-build as an SVG.
+build as an SVG. Last, "cpu_s_per_video" takes one video's CPU seconds apart, step by step with no
+contention (bare decodes of all frames, of the frames our pass decodes, with audio; our decode pass
+without and with the cosmo video), beside each contender's per-video CPU seconds in the contest.
 
 Usage: python bench/bench_build.py --out bench/results/build.json [--minutes 20] [--repeats 3]
        [--encodings upload baseline]
@@ -201,6 +203,11 @@ def many_videos_mode(args: argparse.Namespace) -> dict:
                     f"{os.cpu_count()} cores: {build_s:.1f} s"
                 )
                 args.timeline.write_text(build_trace.timeline_svg(events, build["started"], build["ended"], title))
+    # Where one video's CPU goes, step by step, beside the contenders' own per-video CPU seconds.
+    per_video = many_videos.cpu_per_video(videos[:4])
+    for name in ("bare_decode", "video_stage", "build", "video2dataset"):
+        cpu_s = statistics.median(r["cpu_s"][name] for r in rounds) if "ratios_cpu" in rounds[0] else None
+        per_video[f"{name}_in_contest"] = None if cpu_s is None else round(cpu_s / len(videos), 3)
     medians = {
         kind: {name: statistics.median(r[kind][name] for r in rounds) for name in rounds[0][kind]}
         for kind in ("ratios_wall", "ratios_cpu")
@@ -215,6 +222,7 @@ def many_videos_mode(args: argparse.Namespace) -> dict:
         "targets": targets,
         "median": medians,
         "met": {kind: {name: medians[kind][name] <= limit for name, limit in targets.items()} for kind in medians},
+        "cpu_s_per_video": per_video,
         "rounds": rounds,
         "cpus": os.cpu_count(),
     }

@@ -224,6 +224,55 @@ def video_stage_alone(sources: Path, workers: int = 2) -> tuple[float, float | N
     return wall, meter.close(), json.loads(result.stdout.splitlines()[-1])
 
 
+def cpu_per_video(videos: list[Path]) -> dict[str, float | None]:
+    """Where a video's CPU seconds go, each step alone on one video at a time (no contention), mean over
+    the videos: ffmpeg decoding every frame without audio (the bare decode of the contest) and only the
+    frames our pass decodes (-skip_frame noref); then our decode pass (scenes, signals, keyframes, 16 kHz
+    audio) without and with the cosmo layout's video, in a fresh interpreter (imports excluded)."""
+    steps = {  # (decoder options, output options)
+        "bare_decode": ([], ["-an"]),
+        "bare_decode_referenced_frames": (["-skip_frame", "noref"], ["-an"]),
+        "bare_decode_referenced_frames_and_audio": (["-skip_frame", "noref"], []),
+    }
+    report: dict[str, float | None] = {}
+    for name, (decoder, output) in steps.items():
+        meter = CpuMeter(name)
+        for video in videos:
+            command = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *decoder, "-i", str(video), *output]
+            meter.run([*command, "-f", "null", "-"], check=True)
+        cpu_s = meter.close()
+        report[name] = None if cpu_s is None else round(cpu_s / len(videos), 3)
+    for name, cosmo in (("decode_pass", False), ("decode_pass_and_cosmo_video", True)):
+        command = [sys.executable, __file__, "decode-pass", str(int(cosmo)), *map(str, videos)]
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        report[name] = round(float(result.stdout.split()[-1]) / len(videos), 3)
+    return report
+
+
+def _decode_pass_main(cosmo: bool, videos: list[str]) -> None:
+    """Prints the CPU seconds (this process and its children: the scene detector's) of decode_pass
+    over the videos with tiny.yaml, after one untimed pass that pays the imports and first calls."""
+    import resource
+    import tempfile
+
+    from cosmo_data.cli import TINY_CONFIG
+    from cosmo_data.schemas.config import load_config
+    from cosmo_data.stages.decode import decode_pass
+
+    def cpu() -> float:
+        mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+
+    config = load_config(TINY_CONFIG)
+    with tempfile.TemporaryDirectory() as scratch:
+        cosmo_video = Path(scratch) / "cosmo.mp4" if cosmo else None
+        decode_pass(Path(videos[0]), config, "warm-up", cosmo_video)
+        started = cpu()
+        for video in videos:
+            decode_pass(Path(video), config, video, cosmo_video)
+        print(round(cpu() - started, 3))
+
+
 def _video_worker(sources: str, queue, results) -> None:
     from cosmo_data.cli import TINY_CONFIG
     from cosmo_data.pipeline.sources import read_sources
@@ -267,3 +316,5 @@ def _video_stage_main(sources: str, workers: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["video-stage"]:
         _video_stage_main(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["decode-pass"]:
+        _decode_pass_main(sys.argv[2] == "1", sys.argv[3:])
