@@ -77,7 +77,7 @@ def build(
         typer.Option(
             "--retry-failed",
             help="rebuild the finished groups holding videos that failed for a passing reason "
-            "(disk_full, rate_limited, deadline_exceeded; --retry-status picks others)",
+            "(disk_full, rate_limited, deadline_exceeded, storage_failed; --retry-status picks others)",
         ),
     ] = False,
     retry_status: Annotated[

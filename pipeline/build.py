@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cosmo_data.pipeline.progress import Progress
-from cosmo_data.pipeline.ray_runner import RayCluster, check_ray_address, on_cluster, ray_for_build, run_stages
+from cosmo_data.pipeline.ray_runner import (
+    RayCluster,
+    check_out_reachable,
+    check_ray_address,
+    on_cluster,
+    ray_for_build,
+    run_stages,
+)
 from cosmo_data.pipeline.sources import SourceRow, read_exclude_ids, read_sources
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, GroupSummary, atomic_write_json, write_shards
 from cosmo_data.schemas.config import BuildConfig
@@ -76,6 +83,7 @@ RUN_ONLY_SETTINGS = {
     ("caption", "images_per_forward"),
     ("clip_score", "images_per_forward"),
     ("clip_score", "sentences_per_forward"),
+    ("output", "shared_filesystem"),
 }
 
 
@@ -218,6 +226,7 @@ def build(
     if to_process:
         stages = stages_factory(config)
         with ray_for_build(config.ray_address, stages, len(to_process)) as cluster:
+            check_out_reachable(cluster, out, shared=config.output.shared_filesystem)
             for shortfall in cluster.shortfalls:
                 progress.warn(shortfall)
             # Shard bytes never come to the driver: workers stage each video's samples in its group's

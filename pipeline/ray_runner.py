@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from cosmo_data.schemas.records import VideoRecord
 from cosmo_data.stages.base import Stage
+from cosmo_data.storage import StorageError, is_remote
 
 
 class RayConnectionError(Exception):
@@ -237,6 +238,18 @@ def _describe(groups: list[list[Stage]], *, embedded: bool) -> RayCluster:
                     "waits until one joins (or lower their resources in the config)"
                 )
     return cluster
+
+
+def check_out_reachable(cluster: RayCluster, out: object, *, shared: bool) -> None:
+    """Refuse a local --out on a cluster of several nodes unless it is said to be shared: every node stages
+    samples under it and writes tars there, and a folder of the head's disk would leave them on each
+    worker's own (output.shared_filesystem: true when the nodes mount one filesystem there)."""
+    if cluster.nodes > 1 and not shared and not is_remote(out):
+        raise StorageError(
+            f"--out {out} is a local folder, and the Ray cluster at {cluster.address} has {cluster.nodes} nodes: "
+            "give object storage (s3://bucket/prefix), or, if every node mounts that folder at the same path, "
+            "--set output.shared_filesystem=true"
+        )
 
 
 def pool_size(group: list[Stage], videos: int, cores: int | None = None) -> int:

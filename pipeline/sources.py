@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
 from cosmo_data.schemas.records import DUPLICATE, EXCLUDED
+from cosmo_data.schemas.redact import redact
 from cosmo_data.storage import AnyPath, RemotePath, StorageError, location
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -36,10 +37,12 @@ class SourceError(Exception):
 @dataclass(frozen=True)
 class SourceRow:
     video_id: str  # sanitized key: [A-Za-z0-9_-] only, safe for file and tar member names
-    source: str  # the line as given (decoded leniently)
+    source: str  # the line as given (decoded leniently), credentials removed (schemas/redact.py)
     source_index: int
     kind: str  # "youtube", "url", "local" or "invalid"
-    locator: str  # what the downloader fetches: a URL or an absolute path ("" when invalid)
+    # What the downloader fetches: a URL (with its credentials: kept in memory, never written) or an
+    # absolute path ("" when invalid).
+    locator: str
     error: str | None = None
     # A row kept out of the build on purpose (DUPLICATE, EXCLUDED; error says why), else None.
     status: str | None = None
@@ -47,8 +50,11 @@ class SourceRow:
 
     @property
     def source_id(self) -> str:
-        """What names the video whatever the spelling: the YouTube id, the URL, or the absolute path."""
-        return self.video_id if self.kind == "youtube" else self.locator
+        """What names the video whatever the spelling: the YouTube id, the URL (redacted: a re-signed link is
+        the same video), or the absolute path."""
+        if self.kind == "youtube":
+            return self.video_id
+        return redact(self.locator) if self.kind == "url" else self.locator
 
 
 def slug(text: str, max_len: int = 40) -> str:
@@ -78,11 +84,13 @@ def _youtube_id_from_url(url: str) -> str | None:
 
 def classify(value: str, index: int, base_dir: AnyPath | None = None) -> SourceRow:
     """Turn one source value into a row; never raises. A source file on object storage (base_dir remote)
-    names videos by YouTube id or URL: a path in it has no machine to be on."""
+    names videos by YouTube id or URL: a path in it has no machine to be on. The row's source and video_id
+    are made from the value without its credentials (schemas/redact.py); only the locator keeps them."""
     text = value.strip()
+    shown = redact(text)
 
     def invalid(reason: str) -> SourceRow:
-        return _invalid_row(text, index, f"invalid source line {index + 1}: {reason}")
+        return _invalid_row(shown, index, f"invalid source line {index + 1}: {reason}")
 
     if any(marker in text for marker in SHELL_MARKERS):
         return invalid("contains shell metacharacters; expected a YouTube id, an http(s) URL or a video file path")
@@ -99,9 +107,9 @@ def classify(value: str, index: int, base_dir: AnyPath | None = None) -> SourceR
             return invalid("malformed URL")
         youtube_id = _youtube_id_from_url(text)
         if youtube_id:
-            return SourceRow(youtube_id, text, index, "youtube", f"https://www.youtube.com/watch?v={youtube_id}")
+            return SourceRow(youtube_id, shown, index, "youtube", f"https://www.youtube.com/watch?v={youtube_id}")
         name = PurePosixPath(parts.path).stem or parts.hostname
-        return SourceRow(f"{slug(name)}-{short_hash(text)}", text, index, "url", text)
+        return SourceRow(f"{slug(name)}-{short_hash(shown)}", shown, index, "url", text)
     if "://" in text and not lowered.startswith("file://"):
         return invalid(f"unsupported URL scheme {text.split('://', 1)[0]!r}")
     path_text = text[len("file://") :] if lowered.startswith("file://") else text
@@ -172,7 +180,7 @@ def _rows_from_text(path: AnyPath) -> list[SourceRow]:
         except UnicodeDecodeError as exc:
             text = raw.decode("utf-8", "backslashreplace").strip()
             reason = f"invalid source line {index + 1}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            rows.append(_invalid_row(text, index, reason))
+            rows.append(_invalid_row(redact(text), index, reason))
             index += 1
             continue
         stripped = line.strip().lstrip("\ufeff")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from cosmo_data.schemas import tables as schemas
 from cosmo_data.schemas.corpus_layout import SIZES_FILES
 from cosmo_data.schemas.records import FILTERED, OK, ShardPart, VideoRecord
+from cosmo_data.schemas.redact import redact
 from cosmo_data.storage import AnyPath, StorageError, is_remote, location, open_atomic, remove_tree, write_atomic
 
 STATE_DIR = "_state"
@@ -67,16 +68,17 @@ class GroupSummary:
 
 
 def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
-    """Rows of every table for these records, in source order."""
+    """Rows of every table for these records, in source order. Source and error are redacted here too (a
+    record's error may have been set without fail()): no credential reaches a table."""
     rows: dict[str, list[dict]] = {name: [] for name in schemas.TABLES}
     for record in records:
         rows["videos"].append(
             {
                 "video_id": record.video_id,
-                "source": record.source,
+                "source": redact(record.source),
                 "source_index": record.source_index,
                 "status": record.status,
-                "error": record.error,
+                "error": redact(record.error),
                 "duration_s": record.duration_s,
                 "fps": record.fps,
                 "width": record.width,
@@ -344,6 +346,7 @@ class CorpusWriter:
             except Exception as exc:  # the task's own error, or Ray's when it gave up on the task
                 message = " ".join(str(exc).split())
                 raise StorageError(f"cannot write the shards of group {group_name(group)}: {message}") from exc
+            self._check_tars_here(group)
             del self._in_flight[group]
             atomic_write_json(self.groups_dir / f"{group_name(group)}.json", summary.__dict__)
             self._done()[group] = summary
@@ -355,6 +358,22 @@ class CorpusWriter:
             remove_tree(self.parts_dir / group_name(summary.group))
             if self.on_group_done:
                 self.on_group_done(summary)
+
+    def _check_tars_here(self, group: int) -> None:
+        """A local --out: the tars task ran on some node, and wrote to *its* disk. Unless every node shares
+        the folder, that may not be this one; a marker here over tars elsewhere would be a group done with
+        no shard, skipped by every rerun. One stat per layout before the marker. (Object storage is the
+        same from every node.)"""
+        if is_remote(self.out):
+            return
+        name = group_name(group)
+        missing = [fmt for fmt in self.formats if not (self.out / "shards" / fmt / f"{name}.tar").is_file()]
+        if missing:
+            raise StorageError(
+                f"the shards of group {name} were written, but not where this machine sees {self.out} "
+                f"(no {missing[0]} tar): --out must be storage that every Ray node reaches (object storage, or "
+                "a filesystem they share)"
+            )
 
     def group_summaries(self) -> list[GroupSummary]:
         done = self._done()

@@ -208,6 +208,9 @@ class OutputConfig(_Strict):
     videos_per_shard: int = Field(64, ge=1)
     # The last stage, making every layout's samples on the workers (CPU only, light).
     resources: StageResourcesConfig = StageResourcesConfig(batch_size=8)
+    # A local --out on a Ray cluster of several nodes is refused unless every node mounts it at the same
+    # path (NFS, Lustre...): each node stages samples and writes tars there. True says it does.
+    shared_filesystem: bool = False
 
 
 class ClipRulesConfig(_Strict):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cosmo_data.schemas.redact import redact
+
 # Failure kinds recorded in videos.status (anything but OK is a failure).
 OK = "ok"
 INVALID_SOURCE = "invalid_source"
@@ -25,6 +27,9 @@ CAPTION_FAILED = "caption_failed"
 CLIP_SCORE_FAILED = "clip_score_failed"
 DOCUMENT_FAILED = "document_failed"
 SHARD_FAILED = "shard_failed"
+# Storage that failed for the moment while a video's samples were staged (object storage's SlowDown, a
+# network blip, an I/O error): the video itself is fine, its group is worth building again.
+STORAGE_FAILED = "storage_failed"
 INTERNAL_ERROR = "internal_error"
 # A download given up on because the host kept answering 429 Too Many Requests (YouTube's rate limit).
 RATE_LIMITED = "rate_limited"
@@ -50,6 +55,7 @@ FAILURES = frozenset(
         CLIP_SCORE_FAILED,
         DOCUMENT_FAILED,
         SHARD_FAILED,
+        STORAGE_FAILED,
         INTERNAL_ERROR,
         RATE_LIMITED,
         DUPLICATE,
@@ -57,8 +63,8 @@ FAILURES = frozenset(
     }
 )
 # Failures of the moment, not of the video: a worker's disk, a host's rate limit, a deadline met on a
-# busy machine. `cosmo-data build --retry-failed` reruns the groups that hold them.
-RETRYABLE = frozenset({DISK_FULL, RATE_LIMITED, DEADLINE_EXCEEDED})
+# busy machine, storage out of reach. `cosmo-data build --retry-failed` reruns the groups that hold them.
+RETRYABLE = frozenset({DISK_FULL, RATE_LIMITED, DEADLINE_EXCEEDED, STORAGE_FAILED})
 
 
 class VideoFailure(Exception):
@@ -227,9 +233,10 @@ class VideoRecord:
         return self.status == OK
 
     def fail(self, status: str, error: str) -> None:
-        """Record a failure; heavy payloads are dropped, the row itself stays."""
+        """Record a failure; heavy payloads are dropped, the row itself stays. The error text is written
+        and logged: a URL in it (a downloader's message quoting the locator) loses its credentials."""
         self.status = status
-        self.error = error
+        self.error = redact(error)
         self.audio_pcm = None
         self.cosmo_video = None
         self.shard_part = None

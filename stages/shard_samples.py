@@ -22,16 +22,18 @@ from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_CAPTION_TOKENS, COSMO_VIDEO_SPEED, hms
 from cosmo_data.schemas.records import (
     DISK_FULL,
-    FILTERED,
     SHARD_FAILED,
+    STORAGE_FAILED,
     Clip,
     Sentence,
     ShardPart,
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.stages.base import process_each, resources_from
-from cosmo_data.storage import location, write_atomic
+from cosmo_data.schemas.redact import redact
+from cosmo_data.stages.base import describe_exception, process_each, resources_from
+from cosmo_data.stages.curation import filter_video
+from cosmo_data.storage import StorageError, location, write_atomic
 
 # Shards are byte-identical across reruns: fixed member metadata, members in a fixed order.
 TAR_MTIME = 0
@@ -50,7 +52,7 @@ def native_sample(record: VideoRecord) -> dict[str, bytes] | None:
     meta: dict[str, object] = {
         "doc_id": document.doc_id if document else record.video_id,
         "video_id": record.video_id,
-        "source": record.source,
+        "source": redact(record.source),
         "duration_s": record.duration_s,
         "language": record.language,
         "clips": [
@@ -104,7 +106,7 @@ def mmc4_sample(record: VideoRecord) -> dict[str, bytes] | None:
     info = {
         "doc_id": document.doc_id,
         "video_id": record.video_id,
-        "url": record.source,
+        "url": redact(record.source),
         "text_list": [s.text for s in document.sentences],
         "image_info": [
             {**entry, "image_base64": base64.b64encode(record.frames[frame_index].jpeg).decode("ascii")}
@@ -145,7 +147,7 @@ def cosmo_sample(record: VideoRecord) -> dict[str, bytes] | None:
     meta = {
         "doc_id": document.doc_id,
         "video_id": record.video_id,
-        "url": record.source,
+        "url": redact(record.source),
         "clips": json.dumps(entries, ensure_ascii=False),
         "video_speed": COSMO_VIDEO_SPEED,
         "source_clips": source_clips,
@@ -206,6 +208,14 @@ def stage_part(folder: str, source_index: int, members: dict[str, bytes]) -> Sha
     return ShardPart(str(path), spans)
 
 
+def staging_failure(exc: OSError | StorageError, folder: str) -> VideoFailure:
+    """A full disk or quota (ENOSPC, EDQUOT: the usual "disk full" of a shared cluster) is DISK_FULL; any
+    other storage error (S3's SlowDown, a network blip, EIO) is STORAGE_FAILED. Both are retryable."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return VideoFailure(DISK_FULL, f"no space left to stage the samples under {folder}: {exc.strerror or exc}")
+    return VideoFailure(STORAGE_FAILED, f"cannot stage the samples under {folder}: {describe_exception(exc)}")
+
+
 class ShardSamplesStage:
     """The last stage: each ok record's samples in every configured layout, as tar members staged as one
     object (stage_part) where the record's `staging` says. Then the pictures and the cosmo video, which
@@ -228,18 +238,19 @@ class ShardSamplesStage:
         samples = {fmt: SAMPLE_WRITERS[fmt](record) for fmt in self.formats}
         empty = [fmt for fmt, sample in samples.items() if sample is None]
         if empty:
-            raise VideoFailure(
-                FILTERED, f"document has nothing to write in the {', '.join(empty)} format", "output_empty_sample"
+            # Filtered like any curation rule: the video keeps its rows and its document.
+            filter_video(
+                record, "output_empty_sample", f"document has nothing to write in the {', '.join(empty)} format"
             )
+            return
         if record.staging is None:
             raise VideoFailure(SHARD_FAILED, "no staging folder for the samples (the build sets one per group)")
         members = {fmt: tar_members(sample) for fmt, sample in samples.items()}
         try:
             record.shard_part = stage_part(record.staging, record.source_index, members)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:  # a full disk passes: --retry-failed builds its group again
-                raise VideoFailure(DISK_FULL, f"no space left to stage the samples under {record.staging}") from exc
-            raise
+        except (OSError, StorageError) as exc:
+            # The storage's failure, not the video's, after all its work: --retry-failed builds its group again.
+            raise staging_failure(exc, record.staging) from exc
         record.cosmo_video = None
         for frame in record.frames:
             frame.jpeg = b""

@@ -29,12 +29,18 @@ from pathlib import Path
 from typing import BinaryIO, Union
 from urllib.parse import urlsplit
 
+from cosmo_data.schemas.redact import redact
+
 LOCAL_SCHEMES = ("", "file")
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 
 
 class StorageError(Exception):
-    """Object storage refused or cannot be reached; the message is one line and holds no secret."""
+    """Object storage refused or cannot be reached; the message is one line and holds no secret: a URI in
+    it loses its userinfo and presigned parameters (schemas/redact.py)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def is_remote(value: object) -> bool:
@@ -45,14 +51,29 @@ def is_remote(value: object) -> bool:
     return urlsplit(str(value)).scheme.lower() not in LOCAL_SCHEMES and "://" in str(value)
 
 
+# `s3:/bucket` (one slash): a URI mistyped, which would otherwise be a local folder named `s3:`. A scheme
+# of two letters or more, so that a Windows drive (C:/data) is not taken for one.
+_ONE_SLASH_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")
+
+
 def location(value: Union[str, os.PathLike, RemotePath]) -> Union[Path, RemotePath]:
-    """A Path for a local path (or file:// URI), a RemotePath for any other URI."""
+    """A Path for a local path (or file:// URI), a RemotePath for any other URI. A URI with credentials in it
+    (s3://KEY:SECRET@bucket) is refused: they would be printed in every message and written where the
+    URI is, and the filesystems take theirs from the environment (AWS variables, Google's credentials)."""
     if isinstance(value, (Path, RemotePath)):
         return value
     text = str(value)
     if not is_remote(text):
+        if _ONE_SLASH_URI.match(text) and not text.lower().startswith("file:"):
+            scheme, rest = text.split(":/", 1)
+            raise StorageError(f"{text} is not a URI (one slash after '{scheme}:'): write {scheme}://{rest}")
         return Path(text[len("file://") :] if text.lower().startswith("file://") else text)
     parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise StorageError(
+            f"{text}: credentials in a storage URI are not used; give them as the environment does "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or Google's default credentials)"
+        )
     return RemotePath(parts.scheme.lower(), (parts.netloc + "/" + parts.path.strip("/")).rstrip("/"))
 
 

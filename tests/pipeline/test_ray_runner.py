@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +22,10 @@ from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.generated_media import CUT, make_sample_video
 from cosmo_data.pipeline.ray_runner import (
     TRACE_ENV,
+    RayCluster,
     RayConnectionError,
     _StageWorker,
+    check_out_reachable,
     check_ray_address,
     pool_size,
     ray_for_build,
@@ -30,8 +33,10 @@ from cosmo_data.pipeline.ray_runner import (
     seed_for_batch,
     worker_groups,
 )
+from cosmo_data.schemas.config import load_config
 from cosmo_data.schemas.records import VideoRecord
 from cosmo_data.stages.base import Resources
+from cosmo_data.storage import StorageError, location
 
 
 def draws(seed: int, ids: list[str]) -> list[float]:
@@ -153,6 +158,38 @@ def test_on_this_machines_own_ray_no_more_cpu_workers_than_cores():
     on_a_gpu = NotingStage("caption", 1, Resources(cpus=1, gpus=1, concurrency=4))
     assert [pool_size([s], 100, cores=2) for s in (video, models, on_a_gpu)] == [2, 1, 4]
     assert [pool_size([s], 100, cores=None) for s in (video, models, on_a_gpu)] == [8, 2, 4]  # a joined cluster
+
+
+def test_a_local_out_on_a_cluster_of_several_nodes_is_refused_unless_shared(tmp_path):
+    two_nodes = RayCluster("10.0.0.1:6379", embedded=False, nodes=2, cpus=16, gpus=0)
+    with pytest.raises(StorageError, match="has 2 nodes.*output.shared_filesystem=true"):
+        check_out_reachable(two_nodes, tmp_path, shared=False)
+    check_out_reachable(two_nodes, tmp_path, shared=True)  # every node mounts it
+    check_out_reachable(two_nodes, location("s3://bucket/corpus"), shared=False)
+    check_out_reachable(RayCluster("local", embedded=True, nodes=1, cpus=2, gpus=0), tmp_path, shared=False)
+
+
+def test_a_build_refuses_a_local_out_on_two_nodes_before_any_video_runs(tmp_path, monkeypatch):
+    """The build itself asks (no stage runs, nothing is marked); the setting does not change what is built."""
+    from cosmo_data.pipeline import build as build_module
+
+    @contextmanager
+    def two_node_ray(address, stages, videos):
+        yield RayCluster("10.0.0.1:6379", embedded=False, nodes=2, cpus=16, gpus=0)
+
+    def never(*args, **kwargs):
+        raise AssertionError("no video may run")
+
+    monkeypatch.setattr(build_module, "ray_for_build", two_node_ray)
+    monkeypatch.setattr(build_module, "run_stages", never)
+    sources = tmp_path / "sources.txt"
+    sources.write_text("/videos/a.mp4\n")
+    config = load_config(TINY_CONFIG)
+    with pytest.raises(StorageError, match="2 nodes"):
+        build_module.build([sources], tmp_path / "out", config, stages_factory=lambda config: [])
+    assert not (tmp_path / "out" / "_state" / "groups").exists()
+    shared = config.model_copy(update={"output": config.output.model_copy(update={"shared_filesystem": True})})
+    assert build_module.build_fingerprint([], shared) == build_module.build_fingerprint([], config)
 
 
 # A cluster as `ray start` makes one, which a build joins with --ray-address. Ray turns token

@@ -161,3 +161,23 @@ def test_folder_of_videos_and_numbering_across_sources(tmp_path):
     rows = read_sources([ids, tmp_path / "v"])
     assert [r.source_index for r in rows] == [0, 1, 2]
     assert [Path(r.locator).name for r in rows[1:]] == ["a.mkv", "b.mp4"]
+
+
+def test_a_sources_credentials_stay_in_its_locator_only(tmp_path):
+    """videos.source and the sample json come from row.source: the password and the signature must not."""
+    password = "https://user:hunter2@example.com/videos/v.mp4"
+    presigned = "https://b.s3.amazonaws.com/v.mp4?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=f00dcafe"
+    resigned = presigned.replace("f00dcafe", "0ddba11")
+    bad = "ftp://user:hunter2@example.com/v.mp4"
+    rows = read_sources([write(tmp_path, "s.txt", "\n".join([password, presigned, resigned, bad]).encode())])
+    assert [(r.kind, r.source) for r in rows] == [
+        ("url", "https://example.com/videos/v.mp4"),
+        ("url", "https://b.s3.amazonaws.com/v.mp4"),
+        ("invalid", "ftp://example.com/v.mp4"),
+    ]  # the re-signed link is the same video, same line once redacted
+    assert [r.locator for r in rows[:2]] == [password, presigned]  # the downloader still gets the real URL
+    for row in rows:
+        assert not any(
+            secret in f"{row.source} {row.video_id} {row.error}" for secret in ("hunter2", "f00dcafe", "AKIA")
+        )
+    assert rows[1].source_id == "https://b.s3.amazonaws.com/v.mp4"

@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from cosmo_data.pipeline.writer import CorpusWriter, write_shards
+from cosmo_data.pipeline.writer import CorpusWriter, make_shards_here, write_shards
 from cosmo_data.schemas import tables as schemas
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import (
@@ -20,6 +20,7 @@ from cosmo_data.schemas.records import (
     Frame,
     Segment,
     Sentence,
+    ShardPart,
     VideoRecord,
 )
 from cosmo_data.stages.shard_samples import ShardSamplesStage
@@ -268,3 +269,40 @@ def test_a_missing_part_fails_the_group_in_one_line_and_shows_no_tar(tmp_path):
     assert message.startswith("cannot write the shards of group 000000: 1 staged samples are not under ")
     assert "every Ray node reaches" in message and "\n" not in message
     assert not list((tmp_path / "shards").rglob("*.tar")) and writer.done_groups() == set()
+
+
+def test_a_group_whose_tars_landed_on_another_nodes_disk_is_not_marked(tmp_path):
+    """A local --out on a cluster whose nodes do not share it: the tars task finds every part (its node
+    staged them) and writes the tars on its own disk. The driver must not mark the group over no tars."""
+    here, other_node = tmp_path / "head", tmp_path / "worker"
+    writer = CorpusWriter(here, ["native", "mmc4"])
+    record = finished_record(0, writer.staging_for(0), ("native", "mmc4"))
+    # The worker's disk holds the staged part (it made it) and gets the tars.
+    elsewhere = other_node / Path(record.shard_part.path).relative_to(here)
+    elsewhere.parent.mkdir(parents=True)
+    Path(record.shard_part.path).rename(elsewhere)
+    writer.make_shards = lambda out, group, formats, parts: make_shards_here(
+        other_node, group, formats, [ShardPart(str(elsewhere), part.spans) for part in parts]
+    )
+    with pytest.raises(StorageError, match="every Ray node reaches") as caught:
+        writer.write_group(0, [record])
+    assert "group 000000" in str(caught.value)
+    assert (other_node / "shards" / "native" / "000000.tar").is_file()
+    assert writer.done_groups() == set() and not (here / "_state" / "groups" / "000000.json").exists()
+
+
+def test_tables_carry_no_credential_from_a_source_or_an_error(tmp_path):
+    writer = CorpusWriter(tmp_path, ["native"])
+    failed = VideoRecord("vid0", "https://user:hunter2@example.com/v.mp4?X-Amz-Signature=f00dcafe", 0)
+    # A downloader's message quotes the URL it fetched (the locator, credentials and all).
+    failed.fail(DOWNLOAD_FAILED, "HTTP Error 403: Forbidden for https://user:hunter2@example.com/v.mp4?sig=f00dcafe")
+    assert "hunter2" not in failed.error and "f00dcafe" not in failed.error
+    filtered = VideoRecord("vid1", "/v/1.mp4", 1, status="filtered")
+    filtered.error = "set without fail(): s3://AKIAEXAMPLE:SECRETKEY@bucket/x"
+    writer.write_group(0, [failed, filtered])
+    for part in tmp_path.rglob("*"):
+        if part.is_file():
+            data = part.read_bytes()
+            assert not any(s in data for s in (b"hunter2", b"f00dcafe", b"SECRETKEY", b"AKIAEXAMPLE")), part
+    [row, _] = pq.read_table(tmp_path / "videos" / "part-000000.parquet").to_pylist()
+    assert row["source"] == "https://example.com/v.mp4" and row["error"].endswith("for https://example.com/v.mp4")

@@ -1,5 +1,6 @@
 import base64
 import copy
+import errno
 import io
 import json
 import subprocess
@@ -16,11 +17,24 @@ from cosmo_data.models.gpt2_tokens import count_tokens
 from cosmo_data.pipeline.writer import tar_end
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.corpus_layout import COSMO_MAX_TOKENS
-from cosmo_data.schemas.records import DECODE_FAILED, FILTERED, Clip, Frame, Segment, Sentence, VideoRecord
+from cosmo_data.schemas.records import (
+    DECODE_FAILED,
+    DISK_FULL,
+    FILTERED,
+    RETRYABLE,
+    STORAGE_FAILED,
+    Clip,
+    Frame,
+    Segment,
+    Sentence,
+    VideoRecord,
+)
+from cosmo_data.stages import shard_samples
 from cosmo_data.stages.assign import AssignStage, assign_mmc4
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
 from cosmo_data.stages.document import DocumentStage
 from cosmo_data.stages.shard_samples import SAMPLE_WRITERS, ShardSamplesStage, clip_sentences, cosmo_sample
+from cosmo_data.storage import StorageError
 
 # Clip colours and lengths: boundaries between whole seconds, where COSMO's whole-second clip times
 # cannot fall on them.
@@ -278,3 +292,39 @@ def test_the_last_stage_stages_every_layouts_tar_members_and_lightens_the_record
     # The talk video has no cosmo video: in no layout, filtered with the reason, nothing staged.
     assert talk.status == FILTERED and talk.error == "document has nothing to write in the cosmo format"
     assert talk.shard_part is None
+    # Like every curation filter, it keeps its document for the tables (fail() used to drop it).
+    assert talk.filter_reason == "output_empty_sample" and talk.document is not None
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (StorageError("cannot write s3://b/x: slow down: Please reduce your request rate."), STORAGE_FAILED),
+        (OSError(errno.EIO, "Input/output error"), STORAGE_FAILED),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), DISK_FULL),
+        (OSError(errno.ENOSPC, "No space left on device"), DISK_FULL),
+    ],
+)
+def test_storage_failing_while_staging_is_a_retryable_failure(tmp_path, monkeypatch, error, status):
+    """After all of a video's work, storage that fails for the moment must not lose it for good:
+    --retry-failed (RETRYABLE) builds its group again."""
+    [record] = finish([talk_video()])
+    record.staging = str(tmp_path / "parts")
+
+    def failing_write(path, data):
+        raise error
+
+    monkeypatch.setattr(shard_samples, "write_atomic", failing_write)
+    stage = ShardSamplesStage(BuildConfig(output={"formats": ["native", "mmc4"]}))
+    [record] = stage.process([record])
+    assert record.status == status and status in RETRYABLE, record.error
+    assert str(tmp_path) in record.error
+
+
+def test_samples_never_carry_the_credentials_of_their_source(tmp_path):
+    [record] = finish([cooking_video(tmp_path)])
+    record.source = "https://user:hunter2@example.com/v.mp4?X-Amz-Signature=f00dcafe&X-Amz-Credential=AKIAEXAMPLE"
+    for fmt in ("native", "mmc4", "cosmo"):
+        text = SAMPLE_WRITERS[fmt](record)["json"].decode()
+        assert "example.com/v.mp4" in text
+        assert not any(secret in text for secret in ("hunter2", "f00dcafe", "AKIAEXAMPLE")), (fmt, text)

@@ -174,3 +174,14 @@ def test_a_scheme_pyarrow_lacks_goes_through_fsspec():
     assert sorted(p.name for p in root.iterdir()) == ["shards", "videos"]
     remove_tree(root / "shards")
     assert [p.name for p in root.rglob("*")] == ["part-000000.parquet"] and not (root / "nothing").exists()
+
+
+def test_a_uri_with_credentials_or_one_slash_is_refused_without_the_secret():
+    with pytest.raises(StorageError, match="credentials in a storage URI") as refused:
+        location("s3://AKIAEXAMPLE:SECRETKEY@bucket/corpus")
+    assert "SECRETKEY" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)
+    # s3:/bucket was a local folder named "s3:".
+    with pytest.raises(StorageError, match="s3://bucket/corpus"):
+        location("s3:/bucket/corpus")
+    assert location("C:/data") == Path("C:/data")  # a drive letter is no scheme
+    assert "hunter2" not in str(StorageError("cannot read https://u:hunter2@h/x?sig=s: 403"))
