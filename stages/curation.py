@@ -8,7 +8,8 @@ cheapest first, so that what a cheap rule drops never reaches a model.
 - "speech", right after ASR (in its pool): language, its probability, no-speech probability, average
   log-probability, words per second; and no speech with no captions to come (no text at all).
 - "document", right after assignment: keyframes failing a rule over the CLIP predictors' scores (NSFW)
-  leave the video and the document's images; then the images' matched similarity, aesthetic score and
+  leave the video and the document's images, their clips leave it too (the cosmo layout's entries) and
+  their caption sentences the document's text; then the images' matched similarity, aesthetic score and
   NSFW probability, each aggregated.
 
 A dropped item keeps its place for the tables: a clip or keyframe moves to record.filtered_clips /
@@ -23,7 +24,7 @@ from collections import Counter
 import numpy as np
 
 from cosmo_data.schemas.config import BuildConfig
-from cosmo_data.schemas.records import FILTERED, INTERNAL_ERROR, Document, VideoRecord
+from cosmo_data.schemas.records import FILTERED, INTERNAL_ERROR, Document, Frame, VideoRecord
 from cosmo_data.stages import rules
 from cosmo_data.stages.base import process_each, resources_from
 
@@ -158,12 +159,16 @@ class CurationStage:
     def _drop_scored_frames(self, record: VideoRecord, document: Document) -> bool:
         """Frame rules over the CLIP predictors' scores (NSFW): a failing keyframe leaves the video and the
         document's images (and matrix rows); assignment already ran, so its sentence keeps no image, as
-        with `cosmo-data filter`. True when that took every image (the video is filtered)."""
+        with `cosmo-data filter`. What it showed leaves every layout too: its clip is filtered (the cosmo
+        layout lists clips, not keyframes: no entry, no span over that footage) and its caption sentence
+        leaves the document's text. True when that took every image, clip or sentence (the video is
+        filtered). Counted once per keyframe, under its rule."""
         for frame in record.frames:
             frame.filter_reason = rules.scored_frame_failure(self.rules.frame, nsfw=frame.nsfw)
         dropped = [frame for frame in record.frames if frame.filter_reason]
         if not dropped:
             return False
+        rule = Counter(f.filter_reason for f in dropped).most_common(1)[0][0]
         for reason, n in Counter(f.filter_reason for f in dropped).items():
             record.count(reason, n)
         new_index = {}
@@ -180,8 +185,52 @@ class CurationStage:
         record.filtered_frames += dropped
         for frame in dropped:
             frame.jpeg = b""
+        had_clips = bool(record.clips)
+        _filter_clips_of(record, dropped)
+        _drop_captions_of(document, dropped)
         if had_images and not document.image_frames:
-            rule = Counter(f.filter_reason for f in dropped).most_common(1)[0][0]
             filter_video(record, rule, f"every image of its document failed a rule ({rule})", count=False)
             return True
+        if had_clips and not record.clips:
+            filter_video(record, rule, f"every clip had a keyframe that failed a rule ({rule})", count=False)
+            return True
+        if not document.sentences:
+            filter_video(record, rule, f"every sentence was the caption of a keyframe that failed {rule}", count=False)
+            return True
         return False
+
+
+def _filter_clips_of(record: VideoRecord, frames: list[Frame]) -> None:
+    """The clips of these keyframes leave the video under the keyframe's rule, with their cosmo spans."""
+    reason_of_clip = {frame.clip_idx: frame.filter_reason for frame in frames}
+    for clip in record.clips:
+        clip.filter_reason = reason_of_clip.get(clip.clip_idx)
+    record.filtered_clips += [clip for clip in record.clips if clip.filter_reason]
+    record.clips = [clip for clip in record.clips if not clip.filter_reason]
+    if record.cosmo_video is not None:
+        for clip_idx in reason_of_clip:
+            record.cosmo_video.spans.pop(clip_idx, None)
+
+
+def _drop_captions_of(document: Document, frames: list[Frame]) -> None:
+    """Each keyframe's caption sentence (DocumentStage: at the keyframe's instant) leaves the document, with
+    its column of the similarity matrix. An image matched to one moves to its most similar sentence left,
+    as MMC4 places an image the assignment left over."""
+    captions = {(frame.t_s, frame.caption.strip()) for frame in frames if frame.caption and frame.caption.strip()}
+    keep = [
+        index
+        for index, s in enumerate(document.sentences)
+        if not (s.source == "caption" and s.start_s == s.end_s and (s.start_s, s.text) in captions)
+    ]
+    if len(keep) == len(document.sentences):
+        return
+    new_column = {old: new for new, old in enumerate(keep)}
+    document.sentences = [document.sentences[index] for index in keep]
+    document.similarity = [[row[index] for index in keep] for row in document.similarity]
+    for image, row in enumerate(document.similarity):
+        if document.matched_text_index[image] in new_column:
+            document.matched_text_index[image] = new_column[document.matched_text_index[image]]
+        elif row:
+            best = max(range(len(row)), key=row.__getitem__)
+            document.matched_text_index[image], document.matched_sim[image] = best, row[best]
+    document.n_tokens = sum(len(s.text.split()) for s in document.sentences)

@@ -3,6 +3,7 @@ items built to fail it (black shots, static slides with and without speech, sile
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import pytest
 from cosmo_data.cli import TINY_CONFIG
 from cosmo_data.pipeline.generated_media import file_arg, run_ffmpeg
 from cosmo_data.schemas.config import DocumentRulesConfig, VideoRulesConfig, load_config
-from cosmo_data.schemas.records import FILTERED, OK, Clip, Document, Frame, Sentence, VideoRecord
+from cosmo_data.schemas.records import FILTERED, OK, Clip, CosmoVideo, Document, Frame, Sentence, VideoRecord
 from cosmo_data.stages import rules
 from cosmo_data.stages.curation import DOCUMENT, PICTURE, CurationStage, audio_dbfs
 from cosmo_data.stages.decode import decode_video
+from cosmo_data.stages.shard_samples import SAMPLE_WRITERS, cosmo_sample
 
 SIZE = "320x240"
 MOVING = f"testsrc2=size={SIZE}:rate=25"
@@ -190,6 +192,42 @@ def test_nsfw_keyframes_leave_the_document_and_image_scores_aggregate_per_docume
     assert (all_nsfw.status, all_nsfw.filter_reason) == (FILTERED, "frame_max_nsfw")
     assert all_nsfw.counters == {"dropped_frame_max_nsfw": 2} and all_nsfw.document.image_frames == []
     assert missing_scores.ok
+
+
+def test_an_nsfw_keyframe_takes_its_clip_out_of_the_cosmo_layout_and_its_caption_out_of_every_text():
+    """The review's trigger: the keyframe of clip 1 is flagged; its clip (footage COSMO's loader would
+    sample) and its caption must leave the samples, not only the keyframe's image."""
+    config = tiny_config(**{"curation.frame.max_nsfw": 0.1})
+    record = VideoRecord("v", "v.mp4", 0, duration_s=10.0)
+    record.clips = [Clip(0, 0.0, 5.0, "start"), Clip(1, 5.0, 10.0)]
+    record.frames = [
+        Frame(0, 0, 2.5, 224, 168, b"x", "a kitchen", nsfw=0.01),
+        Frame(0, 1, 4.0, 224, 168, b"y", nsfw=0.02),
+        Frame(1, 2, 7.5, 224, 168, b"z", "explicit scene", nsfw=0.95),
+    ]
+    sentences = [
+        Sentence("We chop onions.", 0.0, 4.0, "asr"),
+        Sentence("a kitchen", 2.5, 2.5, "caption"),
+        Sentence("Then we stir.", 6.0, 9.0, "asr"),
+        Sentence("explicit scene", 7.5, 7.5, "caption"),
+    ]
+    similarity = [[0.2, 0.3, 0.1, 0.1], [0.25, 0.2, 0.1, 0.3], [0.1, 0.1, 0.2, 0.35]]
+    # The second image was matched to the flagged keyframe's caption.
+    record.document = Document("v", sentences, [0, 1, 2], similarity, [1, 3, 3], [0.3, 0.3, 0.35], "mmc4", 9)
+    record.cosmo_video = CosmoVideo(b"mp4", 20.0, 40, {0: (0, 5), 1: (5, 10)})
+    [record] = CurationStage(config, DOCUMENT).process([record])
+
+    assert record.ok and record.counters == {"dropped_frame_max_nsfw": 1}
+    assert [c.clip_idx for c in record.clips] == [0] and record.filtered_clips[0].filter_reason == "frame_max_nsfw"
+    cosmo = json.loads(cosmo_sample(record)["json"])
+    assert [entry["clip"] for entry in json.loads(cosmo["clips"])] == ["0:00:00 - 0:00:05"]
+    for fmt in ("native", "mmc4"):
+        text = json.loads(SAMPLE_WRITERS[fmt](record)["json"])["text_list"]
+        assert text == ["We chop onions.", "a kitchen", "Then we stir."], fmt
+    # The matrix lost the caption's column; the image matched to it went to its best sentence left.
+    assert record.document.similarity == [[0.2, 0.3, 0.1], [0.25, 0.2, 0.1]]
+    assert (record.document.matched_text_index, record.document.matched_sim) == ([1, 0], [0.3, 0.25])
+    assert record.document.n_tokens == 8
 
 
 def test_audio_level():
