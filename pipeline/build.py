@@ -53,7 +53,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     # Curation right after the stage whose signals it judges (cheap rules first: what they drop never
     # reaches a model), in that stage's pool.
     stages: list[Stage] = [VideoStage(config), CurationStage(config, PICTURE)]
-    if config.asr.enabled:
+    if config.asr.enabled and config.asr.platform_captions != "only":
         stages.append(AsrStage(config))
         stages.append(CurationStage(config, SPEECH))
     if config.caption.enabled:

@@ -81,7 +81,13 @@ class VideoStage:
         download_limit_s = min(config.download.deadline_s, left_s())
         with stage_deadline("download", stage_limit_s, binding=download_limit_s < config.download.deadline_s):
             with timed(record, "download"):
-                path = download(record, work_dir, config.download, deadline_s=download_limit_s)
+                path = download(
+                    record,
+                    work_dir,
+                    config.download,
+                    deadline_s=download_limit_s,
+                    captions=config.asr.platform_captions != "never",
+                )
         with stage_deadline("decode", stage_limit_s, binding=True):
             if left_s() <= 0:
                 raise VideoFailure(DEADLINE_EXCEEDED, "no time left")
