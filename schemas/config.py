@@ -92,6 +92,10 @@ class DownloadConfig(_Strict):
     # own name (its YoutubeDL docstring); an unknown name stops the build at start.
     extractor_args: dict[str, dict[str, list[str]]] = {}
     ytdlp_options: dict[str, Any] = {}
+    # The build stops taking new videos (and says to upgrade yt-dlp) when this share of the last
+    # breaker_window downloads failed as extractor_broken: a site change fails every video alike.
+    breaker_window: int = Field(50, ge=1)
+    breaker_share: float = Field(0.6, gt=0, le=1)
 
 
 class ScenesConfig(_Strict):
@@ -280,6 +284,9 @@ class VideoRulesConfig(_Strict):
     # No speech and no caption text: nothing to write a document from.
     require_text: bool = False
     languages: list[str] = []  # whisper's codes; empty: any
+    # The platform's licence must contain one of these texts (any case), e.g. ["Creative Commons"]:
+    # judged from the metadata, before the media is downloaded; empty: any licence.
+    licenses: list[str] = []
     min_language_probability: float | None = Field(None, ge=0, le=1)
     max_no_speech_prob: float | None = Field(None, ge=0, le=1)
     min_avg_logprob: float | None = None

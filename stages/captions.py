@@ -129,3 +129,22 @@ def parse_vtt(body: str) -> list[Segment]:
 def _segment(index: int, start: float, end: float, text: str) -> Segment:
     # No decoder scores: the platform's text is not whisper's.
     return Segment(index, round(start, 3), round(max(end, start), 3), text, avg_logprob=None, no_speech_prob=None)
+
+
+def source_segments(entry: dict[str, list]) -> list[Segment]:
+    """A source's transcript of one video, HowTo100M's raw_caption.json layout: parallel start, end and
+    text lists (seconds); empty texts are skipped."""
+    rows = zip(entry.get("start") or [], entry.get("end") or [], entry.get("text") or [])
+    segments: list[Segment] = []
+    for start, end, text in rows:
+        text = " ".join(str(text).split())
+        if text:
+            segments.append(_segment(len(segments), float(start), float(end), text))
+    return segments
+
+
+def attach_source_transcript(record: VideoRecord, entry: dict[str, list] | None) -> None:
+    """Give the record the transcript its source brought (text_source "source"), where there is one."""
+    segments = source_segments(entry) if entry else []
+    if segments:
+        record.transcript, record.text_source = segments, SOURCE

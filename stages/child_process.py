@@ -50,7 +50,7 @@ def run_with_deadline(fn: Callable[..., T], args: tuple, *, timeout_s: float, st
     if outcome[0] == "ok":
         return outcome[1]
     if outcome[0] == "failed":
-        raise VideoFailure(outcome[1], outcome[2])
+        raise VideoFailure(*outcome[1:])
     if outcome[0] == "died":
         raise VideoFailure(crash_status, f"{step} process died ({_exit_reason(child.exitcode)})")
     raise VideoFailure(crash_status, outcome[1])
@@ -73,7 +73,7 @@ def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, timeout
     try:
         outcome: tuple = ("ok", fn(*args))
     except VideoFailure as failure:
-        outcome = ("failed", failure.status, failure.message)
+        outcome = ("failed", failure.status, failure.message, failure.filter_reason)
     except BaseException as exc:  # errors are data: the parent records the message
         outcome = ("error", describe_exception(exc))
     try:

@@ -18,7 +18,6 @@ import re
 import subprocess
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from cosmo_data.schemas.records import (
     BOT_CHECK,
     DEADLINE_EXCEEDED,
     DOWNLOAD_FAILED,
+    FILTERED,
     INVALID_SOURCE,
     MEDIA_FORBIDDEN,
     RATE_LIMITED,
@@ -46,8 +46,9 @@ from cosmo_data.stages import captions as platform_captions
 from cosmo_data.stages import platform_info
 from cosmo_data.stages.child_process import prepare_children as prepare_children
 from cosmo_data.stages.child_process import run_with_deadline
-from cosmo_data.stages.download_failures import classify, is_transient
+from cosmo_data.stages.download_failures import CapturingLogger, classify, is_transient, ytdlp_message
 from cosmo_data.stages.download_pacing import Identities, say
+from cosmo_data.stages.rules import license_failure
 from cosmo_data.stages.ytdlp_access import access_params, proxy_label, redact, worker_cookies
 
 MB = 1024 * 1024
@@ -78,12 +79,14 @@ def download(
     *,
     deadline_s: float | None = None,
     captions: bool = True,
+    licenses: tuple[str, ...] = (),
 ) -> Path:
     """Return a local path to the record's video, downloading it into dest_dir when it is remote.
 
     deadline_s overrides config.deadline_s (the video stage passes what is left of its own deadline).
     Local files are used where they are, never copied. A download also sets the record's platform
-    metadata and, with captions, its transcript from the platform's caption track. Raises VideoFailure.
+    metadata and, with captions, its transcript from the platform's caption track (unless its source
+    brought one); licenses: curation.video.licenses, judged before any media. Raises VideoFailure.
     """
     if record.source_kind == "local":
         path = local_file(record, config)
@@ -94,10 +97,10 @@ def download(
     record.ytdlp_version = YTDLP_VERSION
     limit_s = config.deadline_s if deadline_s is None else deadline_s
     try:
-        fetched = fetch_paced(record, Path(dest_dir), config, limit_s, captions)
+        fetched = fetch_paced(record, Path(dest_dir), config, limit_s, captions and not record.transcript, licenses)
     except VideoFailure as failure:
         message = redact(scrub_paths(failure.message, Path(dest_dir), record.source), config)
-        raise VideoFailure(failure.status, message) from None
+        raise VideoFailure(failure.status, message, failure.filter_reason) from None
     record.platform, record.chapters, record.info_json = fetched.platform, fetched.chapters, fetched.info_json
     if fetched.info_json is not None:
         record.info_json = redact(fetched.info_json, config)
@@ -106,7 +109,14 @@ def download(
     return fetched.path
 
 
-def fetch_paced(record: VideoRecord, dest_dir: Path, config: DownloadConfig, limit_s: float, captions: bool) -> Fetched:
+def fetch_paced(
+    record: VideoRecord,
+    dest_dir: Path,
+    config: DownloadConfig,
+    limit_s: float,
+    captions: bool,
+    licenses: tuple[str, ...],
+) -> Fetched:
     """Download through an awake identity; a bot check or rate limit puts it to sleep and the video
     waits for the next awake one, up to download.identity_give_up_s of waiting and the deadline."""
     started = time.monotonic()
@@ -130,14 +140,16 @@ def fetch_paced(record: VideoRecord, dest_dir: Path, config: DownloadConfig, lim
         try:
             fetched = run_with_deadline(
                 fetch_url,
-                (record.locator, record.video_id, dest_dir, config, turn.proxy, cookies, captions),
+                (record.locator, record.video_id, dest_dir, config, turn.proxy, cookies, captions, licenses),
                 timeout_s=left_s - turn.wait_s,
                 step="download",
                 crash_status=DOWNLOAD_FAILED,
             )
         except VideoFailure as failure:
             if failure.status == DEADLINE_EXCEEDED:  # the whole download's deadline, waits included
-                raise VideoFailure(DEADLINE_EXCEEDED, f"download did not finish within its deadline of {limit_s:g} s")
+                raise VideoFailure(
+                    DEADLINE_EXCEEDED, f"download did not finish within its deadline of {limit_s:g} s"
+                ) from None
             if failure.status not in IDENTITY_FAULTS or config.identity_give_up_s <= 0:
                 raise
             last = failure
@@ -234,6 +246,7 @@ def fetch_url(
     proxy: str | None = None,
     cookies: Path | None = None,
     captions: bool = True,
+    licenses: tuple[str, ...] = (),
 ) -> Fetched:
     """Download url with yt-dlp into dest_dir/<video_id>.<ext> through one identity, retrying transient
     failures; then, from the same extraction, the platform's metadata and caption track.
@@ -247,7 +260,7 @@ def fetch_url(
     attempt = 0
     while True:
         try:
-            return _fetch_once(url, video_id, dest_dir, config, proxy, cookies, captions)
+            return _fetch_once(url, video_id, dest_dir, config, proxy, cookies, captions, licenses)
         except DownloadError as error:
             message = ytdlp_message(error)
             status = classify(error, message)
@@ -272,9 +285,10 @@ def _fetch_once(
     proxy: str | None,
     cookies: Path | None,
     captions: bool,
+    licenses: tuple[str, ...],
 ) -> Fetched:
-    log = _CapturingLogger()
-    limits = _Limits(config)
+    log = CapturingLogger()
+    limits = _Limits(config, licenses)
     params = access_params(config, proxy=proxy, cookies_path=cookies) | _params(video_id, dest_dir, config, log, limits)
     with yt_dlp.YoutubeDL(params) as ydl:
         # Look before processing: a playlist would resolve (and download) every entry, and an
@@ -323,7 +337,7 @@ def _captions(ydl: yt_dlp.YoutubeDL, info: dict[str, Any]) -> tuple[str, str, li
 
 
 def _params(
-    video_id: str, dest_dir: Path, config: DownloadConfig, log: _CapturingLogger, limits: _Limits
+    video_id: str, dest_dir: Path, config: DownloadConfig, log: CapturingLogger, limits: _Limits
 ) -> dict[str, Any]:
     return {
         # Best video at most max_height tall plus best audio; if every video is taller, the smallest.
@@ -355,8 +369,9 @@ def _params(
 class _Limits:
     """Duration and size limits, checked from metadata before downloading and from bytes during it."""
 
-    def __init__(self, config: DownloadConfig):
+    def __init__(self, config: DownloadConfig, licenses: tuple[str, ...] = ()):
         self.config = config
+        self.licenses = licenses
         self.max_bytes = max_filesize_bytes(config)
         self.received: dict[str, int] = {}
 
@@ -364,6 +379,9 @@ class _Limits:
         """yt-dlp's match_filter, called before format selection and again for the chosen format;
         raising stops it before any media is downloaded. Sizes are the ones yt-dlp trusts: it leaves
         filesize_approx unset for streaming manifests, whose bitrates are peaks, not averages."""
+        rule = license_failure(self.licenses, info.get("license"))
+        if rule:
+            raise VideoFailure(FILTERED, f"licence {info.get('license')!r} is not one of {list(self.licenses)}", rule)
         duration = info.get("duration")
         if duration and duration > self.config.max_duration_s:
             raise too_long(duration, self.config)
@@ -386,39 +404,6 @@ class _Limits:
         received = sum(self.received.values())
         if received > self.max_bytes:
             raise too_large(f"download stopped after {received} bytes", self.config)
-
-
-class _CapturingLogger:
-    """yt-dlp logger that keeps its recent lines (to report its own words) and prints nothing."""
-
-    def __init__(self) -> None:
-        self.lines: deque[tuple[str, str]] = deque(maxlen=200)
-
-    def debug(self, message: str) -> None:
-        self.lines.append(("debug", _clean(message)))
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", _clean(message)))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", _clean(message)))
-
-    def error(self, message: str) -> None:
-        self.lines.append(("error", _clean(message)))
-
-    def last_problem(self) -> str | None:
-        return next((line for level, line in reversed(self.lines) if level in ("error", "warning")), None)
-
-
-def ytdlp_message(error: BaseException) -> str:
-    """yt-dlp's own text, minus the 'ERROR:' prefix and the carriage returns meant for a terminal."""
-    return _clean(str(error))
-
-
-def _clean(message: str) -> str:
-    text = message.replace("\r", "").strip()
-    text = re.sub(r"^ERROR:\s*", "", text)
-    return re.sub(r"^\[download\]\s*", "", text)
 
 
 def warm_up_ytdlp() -> None:

@@ -12,6 +12,7 @@ raises an unexpected error is yt-dlp's bug, fixed by upgrading it.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterator
 
 from yt_dlp.networking.exceptions import CertificateVerifyError, HTTPError, TransportError
@@ -128,3 +129,36 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(current, (TransportError, TimeoutError, ConnectionError)):
             return True
     return False
+
+
+class CapturingLogger:
+    """yt-dlp logger that keeps its recent lines (to report its own words) and prints nothing."""
+
+    def __init__(self) -> None:
+        self.lines: deque[tuple[str, str]] = deque(maxlen=200)
+
+    def debug(self, message: str) -> None:
+        self.lines.append(("debug", _clean(message)))
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", _clean(message)))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(("warning", _clean(message)))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", _clean(message)))
+
+    def last_problem(self) -> str | None:
+        return next((line for level, line in reversed(self.lines) if level in ("error", "warning")), None)
+
+
+def ytdlp_message(error: BaseException) -> str:
+    """yt-dlp's own text, minus the 'ERROR:' prefix and the carriage returns meant for a terminal."""
+    return _clean(str(error))
+
+
+def _clean(message: str) -> str:
+    text = message.replace("\r", "").strip()
+    text = re.sub(r"^ERROR:\s*", "", text)
+    return re.sub(r"^\[download\]\s*", "", text)

@@ -11,6 +11,7 @@ removes them from every message that reaches a row, a log line or build.json.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,26 @@ OWN_OPTIONS = frozenset(
     {"cookiefile", "proxy", "logger", "progress_hooks", "match_filter", "paths", "outtmpl", "extractor_args"}
 )
 JS_RUNTIMES = ("deno", "node", "bun", "quickjs")
+# download.* settings about reaching the platform, not about what is downloaded: a resumed build may
+# change them (another proxy, fresh cookies, other sleeps).
+ACCESS_SETTINGS = (
+    "cookies_file",
+    "proxies",
+    "youtube_interval_s",
+    "identity_sleep_s",
+    "identity_max_sleep_s",
+    "identity_give_up_s",
+    "sleep_requests_s",
+    "sleep_before_media_s",
+    "rate_limit_bytes_s",
+    "player_clients",
+    "po_token_provider_url",
+    "js_runtime",
+    "extractor_args",
+    "ytdlp_options",
+    "breaker_window",
+    "breaker_share",
+)
 
 
 class AccessError(Exception):
@@ -154,6 +175,16 @@ def redact(text: str, config: DownloadConfig) -> str:
     for value in sorted(cookie_values(config), key=len, reverse=True):
         text = text.replace(value, "***")
     return text
+
+
+def redacted_settings(settings: dict[str, Any], config: DownloadConfig) -> dict[str, Any]:
+    """A config dump as it may be written down (run.json): proxies by their labels, every text redacted."""
+    download = dict(settings.get("download") or {})
+    download["proxies"] = [proxy_label(proxy) for proxy in config.proxies]
+    for key in ("ytdlp_options", "extractor_args", "po_token_provider_url"):
+        if download.get(key):
+            download[key] = json.loads(redact(json.dumps(download[key]), config))
+    return {**settings, "download": download}
 
 
 def proxy_label(proxy: str | None) -> str:
