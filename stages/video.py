@@ -67,7 +67,9 @@ class VideoStage:
         try:
             self._download_and_decode(record, work_dir, started)
         except VideoFailure as failure:
-            raise VideoFailure(failure.status, scrub_paths(failure.message, work_dir, record.source), failure.filter_reason) from None
+            raise VideoFailure(
+                failure.status, scrub_paths(failure.message, work_dir, record.source), failure.filter_reason
+            ) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -28,6 +28,8 @@ OWN_OPTIONS = frozenset(
     {"cookiefile", "proxy", "logger", "progress_hooks", "match_filter", "paths", "outtmpl", "extractor_args"}
 )
 JS_RUNTIMES = ("deno", "node", "bun", "quickjs")
+# Recorded in build.json and on every downloaded or failed videos row.
+YTDLP_VERSION: str = yt_dlp.version.__version__
 # download.* settings about reaching the platform, not about what is downloaded: a resumed build may
 # change them (another proxy, fresh cookies, other sleeps).
 ACCESS_SETTINGS = (

@@ -47,7 +47,9 @@ def site(media_dir):
 def test_video_comes_through_the_proxy_with_the_cookie_with_metadata_and_caption_track(site, tmp_path):
     site.cookie = COOKIE
     with serving(CountingProxy("builder", PROXY_PASSWORD)) as proxy:
-        cfg = site_config(tmp_path, cookies_file=str(cookies_file(tmp_path / "cookies.txt", *COOKIE)), proxies=[proxy.url])
+        cfg = site_config(
+            tmp_path, cookies_file=str(cookies_file(tmp_path / "cookies.txt", *COOKIE)), proxies=[proxy.url]
+        )
         record = record_for(site.url("watch/clip.mp4"))
 
         path = download(record, tmp_path / "work", cfg)
