@@ -128,13 +128,17 @@ def fetch_paced(
     while True:
         turn = identities.take(interval_s)
         left_s = limit_s - (time.monotonic() - started)
-        if turn.wait_s >= left_s or (not turn.awake and waited_s + turn.wait_s > config.identity_give_up_s):
+        if turn.awake and turn.wait_s >= left_s:
+            message = f"download's turn on its identity (download.youtube_interval_s) came after its deadline of {limit_s:g} s"
+            raise VideoFailure(DEADLINE_EXCEEDED, message)
+        if not turn.awake and (turn.wait_s >= left_s or waited_s + turn.wait_s > config.identity_give_up_s):
             raise VideoFailure(last.status, f"{last.message} (every identity slept; gave up waiting)")
         if not turn.awake:
             say(f"every identity sleeps (bot check or rate limit): waiting {turn.wait_s:.1f} s")
         time.sleep(turn.wait_s)
         waited_s += turn.wait_s
-        record.timings["identity_wait"] = round(waited_s, 3)
+        if waited_s:  # part of the download's time, shown apart: the identity's pace and sleeps
+            record.timings["identity_wait"] = round(waited_s, 3)
         if not turn.awake:
             continue
         try:
