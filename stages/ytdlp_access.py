@@ -11,6 +11,7 @@ removes them from every message that reaches a row, a log line or build.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -142,10 +143,15 @@ def worker_cookies(config: DownloadConfig, work_root: Path) -> Path | None:
     workers sharing one file would overwrite each other's refreshed cookies), private to the user."""
     if config.cookies_file is None:
         return None
-    copy = Path(work_root) / f"cosmo-cookies-{os.getpid()}" / "cookies.txt"
+    source = Path(config.cookies_file).expanduser()
+    # Named by the file's identity too: a fresh export (or another build's file) is never served a stale
+    # copy left by an earlier worker that had the same process id.
+    stamp = source.stat()
+    version = hashlib.sha256(f"{source.resolve()}|{stamp.st_mtime_ns}|{stamp.st_size}".encode()).hexdigest()[:12]
+    copy = Path(work_root) / f"cosmo-cookies-{os.getpid()}-{version}" / "cookies.txt"
     if not copy.is_file():
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shutil.copyfile(Path(config.cookies_file).expanduser(), copy)
+        shutil.copyfile(source, copy)
         copy.chmod(0o600)
     return copy
 

@@ -1,10 +1,13 @@
-"""The build's breaker: most of a window of downloads failing as extractor_broken stops the build."""
+"""The build's guards: most of a window of downloads failing as extractor_broken stops the build; a
+download setting that cannot work stops it before its first video."""
 
 from __future__ import annotations
 
 import pytest
 
 from cosmo_data.pipeline.breaker import Breaker, ExtractorBroken
+from cosmo_data.pipeline.build import BuildError, build
+from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import DOWNLOAD_FAILED, EXTRACTOR_BROKEN, OK, VideoRecord
 
 
@@ -30,3 +33,13 @@ def test_other_failures_and_local_files_do_not_trip_it():
         breaker.record_done(finished(EXTRACTOR_BROKEN, kind="local"))
     breaker.record_done(finished(EXTRACTOR_BROKEN))
     assert list(breaker.recent).count(EXTRACTOR_BROKEN) == 1
+
+
+def test_a_build_with_an_unknown_ytdlp_option_stops_before_its_first_video(tmp_path):
+    sources = tmp_path / "sources.txt"
+    sources.write_text("dQw4w9WgXcQ\n")
+    config = BuildConfig.model_validate({"download": {"ytdlp_options": {"cookiesfrombrowser_typo": "firefox"}}})
+
+    with pytest.raises(BuildError, match="yt-dlp has no option cookiesfrombrowser_typo"):
+        build([sources], tmp_path / "out", config)
+    assert not (tmp_path / "out" / "videos").exists()
