@@ -42,7 +42,10 @@ def pick_track(info: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
     manual = info.get("subtitles") or {}
     automatic = info.get("automatic_captions") or {}
     if language:
-        for key in [language, *sorted(k for k in manual if k.split("-")[0] == language)]:
+        # A regional or script variant (en-GB, zh-Hans), never "<to>-<from>": yt-dlp's key for a
+        # machine translation of a manual track (en-de: English from German).
+        variants = sorted(k for k in manual if re.fullmatch(rf"{re.escape(language)}-[A-Z0-9]\w*", k))
+        for key in [language, *variants]:
             track = _best_format(manual.get(key))
             if track:
                 return PLATFORM_MANUAL, language, track

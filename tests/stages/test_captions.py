@@ -34,6 +34,17 @@ def test_a_manual_track_in_the_videos_language_comes_first_in_json3():
     assert (source, language, chosen["ext"]) == (PLATFORM_MANUAL, "en", "json3")
 
 
+def test_a_manual_track_translated_into_the_videos_language_is_not_taken():
+    # yt-dlp names a translation of a manual track "<to>-<from>": German from English here.
+    info = {
+        "language": "de",
+        "subtitles": {"de-en": [track("json3")]},
+        "automatic_captions": {"de-orig": [track("vtt")]},
+    }
+
+    assert pick_track(info)[0] == PLATFORM_AUTO
+
+
 def test_only_the_original_language_automatic_track_never_a_translation():
     # YouTube lists a translation of its speech recognition under every language, "fr" included.
     info = {
