@@ -108,16 +108,22 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
 
     for video_id in sorted(live):
         video = videos[video_id]
-        rule = rules.picture_failure(
-            curation.video, motion=video["motion"], has_audio=video["has_audio"], audio_dbfs=video["audio_dbfs"]
-        ) or rules.speech_failure(
-            curation.video,
-            words_per_s=video["words_per_s"],
-            captions=captions,
-            language=video["language"],
-            language_probability=video["language_probability"],
-            no_speech_prob=video["no_speech_prob"],
-            avg_logprob=video["avg_logprob"],
+        # The licence rule judges what yt-dlp downloaded (as the build does, from its metadata).
+        downloaded = video.get("ytdlp_version") is not None
+        rule = (
+            (downloaded and rules.license_failure(curation.video.licenses, video.get("license")))
+            or rules.picture_failure(
+                curation.video, motion=video["motion"], has_audio=video["has_audio"], audio_dbfs=video["audio_dbfs"]
+            )
+            or rules.speech_failure(
+                curation.video,
+                words_per_s=video["words_per_s"],
+                captions=captions,
+                language=video["language"],
+                language_probability=video["language_probability"],
+                no_speech_prob=video["no_speech_prob"],
+                avg_logprob=video["avg_logprob"],
+            )
         )
         if rule:
             drop_video(video, rule, f"fails curation rule {rule}")

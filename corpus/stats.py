@@ -192,6 +192,13 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             connection,
             "SELECT avg(info.matched_sim) FROM (SELECT unnest(image_info) AS info FROM ok_documents)",
         ),
+        # Where each ok video's transcript came from (stages/captions.py); corpora built before
+        # transcripts.text_source had whisper's only.
+        "text_sources": _pairs(
+            connection,
+            "SELECT coalesce(t.text_source, 'whisper') AS text_source, count(DISTINCT t.video_id) AS n "
+            "FROM transcripts t JOIN ok_videos v USING (video_id) GROUP BY ALL ORDER BY n DESC, text_source",
+        ),
         "languages": _pairs(
             connection,
             "SELECT coalesce(language, 'unknown') AS language, count(*) AS n FROM ok_videos "
@@ -253,6 +260,9 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     lines = _section("Corpus", corpus_rows)
     lines += [""] + _section("Failures by status", [(k, _number(v)) for k, v in stats["failures"].items()])
+    lines += [""] + _section(
+        "Transcript sources (ok videos)", [(k, _number(v)) for k, v in stats["text_sources"].items()]
+    )
     lines += [""] + _section("Languages (ok videos)", [(k, _number(v)) for k, v in stats["languages"].items()])
     stage_rows = [
         (stage, _number(t["total"]), _number(t["mean"]), _number(t["videos"]))

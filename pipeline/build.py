@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cosmo_data.pipeline.breaker import Breaker, ExtractorBroken
 from cosmo_data.pipeline.progress import Progress
 from cosmo_data.pipeline.ray_runner import (
     RayCluster,
@@ -19,11 +20,20 @@ from cosmo_data.pipeline.ray_runner import (
     ray_for_build,
     run_stages,
 )
-from cosmo_data.pipeline.sources import SourceRow, read_exclude_ids, read_sources
+from cosmo_data.pipeline.sources import SourceRow, caption_key, read_exclude_ids, read_source_captions, read_sources
 from cosmo_data.pipeline.writer import STATE_DIR, CorpusWriter, GroupSummary, atomic_write_json, write_shards
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import EXCLUDED, FAILURES, INVALID_SOURCE, RETRYABLE, VideoRecord
 from cosmo_data.stages.base import Stage
+from cosmo_data.stages.captions import attach_source_transcript
+from cosmo_data.stages.ytdlp_access import (
+    ACCESS_SETTINGS,
+    YTDLP_VERSION,
+    AccessError,
+    check_access,
+    js_runtime_missing,
+    redacted_settings,
+)
 from cosmo_data.storage import AnyPath, is_remote, location
 
 
@@ -60,7 +70,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     # Curation right after the stage whose signals it judges (cheap rules first: what they drop never
     # reaches a model), in that stage's pool.
     stages: list[Stage] = [VideoStage(config), CurationStage(config, PICTURE)]
-    if config.asr.enabled:
+    if config.asr.enabled and config.asr.platform_captions != "only":
         stages.append(AsrStage(config))
         stages.append(CurationStage(config, SPEECH))
     if config.caption.enabled:
@@ -78,6 +88,8 @@ def make_stages(config: BuildConfig) -> list[Stage]:
 # many images or sentences go through a model at once. Deadlines are not among them: they decide which
 # videos fail.
 RUN_ONLY_SETTINGS = {
+    # How the platform is reached (identities, pacing) decides when a video arrives, not what is written.
+    *(("download", key) for key in ACCESS_SETTINGS),
     ("video", "tmp_dir"),
     ("video", "min_free_disk_gb"),
     ("caption", "images_per_forward"),
@@ -119,15 +131,18 @@ def _check_resume(out: AnyPath, fingerprint: str, rows: list[SourceRow], config:
             "fingerprint": fingerprint,
             "sources": len(rows),
             "seed": config.seed,
-            "config": config.model_dump(mode="json"),
+            "config": redacted_settings(config.model_dump(mode="json"), config.download),
         },
     )
 
 
-def _record_for(row: SourceRow, staging: str | None = None) -> VideoRecord:
-    """The row's record; staging: where the last stage is to stage its samples (its group's folder)."""
+def _record_for(row: SourceRow, staging: str | None = None, captions: dict[str, dict] | None = None) -> VideoRecord:
+    """The row's record; staging: where the last stage is to stage its samples (its group's folder);
+    captions: the transcripts the sources brought (pipeline/sources.py read_source_captions)."""
     record = VideoRecord(row.video_id, row.source, row.source_index, source_kind=row.kind, locator=row.locator)
     record.staging = staging
+    if captions:
+        attach_source_transcript(record, captions.get(caption_key(row)))
     if row.error:  # invalid, a duplicate or excluded: never sent through the stages
         record.fail(row.status or INVALID_SOURCE, row.error)
         record.duplicate_of = row.duplicate_of
@@ -165,10 +180,15 @@ def build(
     out = location(out)
     excluded = read_exclude_ids(exclude_ids) if exclude_ids else None
     rows = read_sources([location(path) for path in source_paths], exclude_ids=excluded)
+    source_captions = read_source_captions(source_paths)
     if config.ray_address:
         check_ray_address(config.ray_address)
     if not rows:
         raise BuildError("the sources hold no video: every line was blank or a comment")
+    try:
+        check_access(config.download)
+    except AccessError as exc:
+        raise BuildError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, build_fingerprint(rows, config), rows, config)
     writer = CorpusWriter(out, config.output.formats)
@@ -188,6 +208,9 @@ def build(
         if group not in done:
             pending.setdefault(group, {})[row.source_index] = None
     progress = progress or Progress(total=len(rows))
+    if any(row.kind == "youtube" for row in rows) and (warning := js_runtime_missing(config.download)):
+        progress.warn(warning)
+    breaker = Breaker(config.download.breaker_window, config.download.breaker_share)
     progress.resumed(sum(1 for r in rows if r.source_index // per_group in done))
     written = 0
 
@@ -206,6 +229,10 @@ def build(
             return  # a record Ray handed back twice (a retried task): its group holds it once
         members[record.source_index] = record
         progress.record_done(record)
+        try:
+            breaker.record_done(record)
+        except ExtractorBroken as exc:
+            raise BuildError(str(exc)) from None
         if all(m is not None for m in members.values()):
             free_gb = float("inf") if is_remote(out) else shutil.disk_usage(out).free / 1e9
             if free_gb < config.video.min_free_disk_gb:
@@ -232,7 +259,7 @@ def build(
             # Shard bytes never come to the driver: workers stage each video's samples in its group's
             # folder, and a Ray task on some node makes a finished group's tars from them.
             writer.make_shards = on_cluster(write_shards)
-            records = (_record_for(rows[i], writer.staging_for(i // per_group)) for i in to_process)
+            records = (_record_for(rows[i], writer.staging_for(i // per_group), source_captions) for i in to_process)
             run_stages(records, stages, cluster, seed=config.seed, on_record=on_record)
             writer.finish_groups(wait=True)
     if pending:
@@ -273,6 +300,8 @@ def build(
             "ray": asdict(cluster) if cluster else None,
             # Videos whose video stage ran on each Ray node, over every group written (resumed ones too).
             "videos_per_node": dict(sorted(nodes.items())),
+            # The yt-dlp that downloaded (videos.ytdlp_version has it per video, failed ones too).
+            "ytdlp_version": YTDLP_VERSION,
         },
     )
     progress.finish()

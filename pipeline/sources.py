@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, replace
@@ -258,3 +259,34 @@ def _renumber(row: SourceRow, index: int) -> SourceRow:
 def _invalid_row(text: str, index: int, error: str) -> SourceRow:
     # Keyed by content, so a repeated bad line is one row like any other duplicate.
     return SourceRow(f"invalid-{short_hash(text)}", text, index, "invalid", "", error)
+
+
+# A source list may bring its videos' transcripts: HowTo100M's released raw_caption.json (YouTube's
+# captions of each video) beside the list, or inside a folder of videos.
+SOURCE_CAPTIONS = "raw_caption.json"
+
+
+def read_source_captions(paths: list[AnyPath | str]) -> dict[str, dict]:
+    """The transcripts the sources bring: id -> {"start": [...], "end": [...], "text": [...]}, from a
+    raw_caption.json beside each source file (or inside a source folder). The driver holds them all:
+    at HowTo100M's 1.2M videos, split the list and its captions into parts built one after another."""
+    captions: dict[str, dict] = {}
+    for path in paths:
+        path = location(path)
+        if isinstance(path, RemotePath):
+            continue
+        found = (path if path.is_dir() else path.parent) / SOURCE_CAPTIONS
+        if found.is_file():
+            try:
+                captions.update(json.loads(found.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"cannot read {found}: {exc}") from exc
+    return captions
+
+
+def caption_key(row: SourceRow) -> str:
+    """What a source's captions call the row's video: its YouTube id, or its file's name without suffix
+    (HowTo100M's videos are stored as <youtube id>.mp4)."""
+    if row.kind == "youtube":
+        return row.video_id
+    return PurePosixPath(row.locator).stem

@@ -32,6 +32,8 @@ from cosmo_data.schemas import tables as schemas
 from cosmo_data.schemas.corpus_layout import SIZES_FILES
 from cosmo_data.schemas.records import FILTERED, OK, ShardPart, VideoRecord
 from cosmo_data.schemas.redact import redact
+from cosmo_data.stages.captions import WHISPER
+from cosmo_data.stages.platform_info import COLUMNS as PLATFORM_COLUMNS
 from cosmo_data.storage import AnyPath, StorageError, is_remote, location, open_atomic, remove_tree, write_atomic
 
 STATE_DIR = "_state"
@@ -65,6 +67,12 @@ class GroupSummary:
     samples: dict[str, int] = field(default_factory=dict)
     # Videos per Ray node that ran their video stage (videos.node_id); markers written before it lack it.
     nodes: dict[str, int] = field(default_factory=dict)
+
+
+def platform_row(record: VideoRecord) -> dict:
+    """videos' platform columns (stages/platform_info.py): null for a local file or a failed extraction."""
+    columns = dict.fromkeys(PLATFORM_COLUMNS) | (record.platform or {})
+    return columns | {"info_json": record.info_json, "ytdlp_version": record.ytdlp_version}
 
 
 def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
@@ -103,8 +111,12 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                 "words_per_s": record.words_per_s,
                 "audio_dbfs": record.audio_dbfs,
                 "motion": record.motion,
+                **platform_row(record),
             }
         )
+        # The platform's chapters are its metadata: kept whatever became of the video.
+        for chapter_idx, chapter in enumerate(record.chapters):
+            rows["chapters"].append({"video_id": record.video_id, "chapter_idx": chapter_idx, **chapter})
         # A filtered video keeps its clips', keyframes' and transcript's rows, with their signals.
         if not record.ok and record.status != FILTERED:
             continue
@@ -162,6 +174,7 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                     "text": segment.text,
                     "avg_logprob": segment.avg_logprob,
                     "no_speech_prob": segment.no_speech_prob,
+                    "text_source": record.text_source or WHISPER,
                 }
             )
         document = record.document

@@ -59,6 +59,43 @@ class DownloadConfig(_Strict):
     deadline_s: float = Field(900.0, gt=0, description="overall limit for one video's download")
     max_duration_s: float = Field(4 * 3600.0, gt=0)
     max_filesize_mb: float = Field(4096.0, gt=0)
+    # Access to real YouTube (docs/YOUTUBE.md); every yt-dlp call a video makes uses all of these.
+    # A Netscape cookies file exported from a signed-in browser; each worker uses its own copy, since
+    # yt-dlp writes the file back when it closes. Its values never reach a log, a table or build.json.
+    cookies_file: str | None = None
+    # Proxy URLs (http://user:password@host:port, socks5://...). A worker keeps to one and moves on
+    # only while that one sleeps; empty: this machine's own address.
+    proxies: list[str] = []
+    # Per identity (a proxy, or this machine's address, with these cookies): at least this many seconds
+    # between the starts of two YouTube extractions, over every worker of the node. YouTube allows
+    # about 300 videos an hour to a guest (12 s) and about 2,000 to an account (1.8 s).
+    youtube_interval_s: float = Field(15.0, ge=0)
+    # An identity that meets a bot check or a rate limit sleeps this long, doubling per strike up to
+    # identity_max_sleep_s; its video waits (another identity takes it) instead of failing. After
+    # identity_give_up_s of waiting the video is recorded bot_check / rate_limited (retryable).
+    identity_sleep_s: float = Field(300.0, ge=0)
+    identity_max_sleep_s: float = Field(3600.0, ge=0)
+    identity_give_up_s: float = Field(7200.0, ge=0)
+    # yt-dlp's own sleeps: between the requests of one extraction, before each media download; and
+    # the media's rate limit in bytes per second (null: unlimited).
+    sleep_requests_s: float = Field(0.0, ge=0)
+    sleep_before_media_s: float = Field(0.0, ge=0)
+    rate_limit_bytes_s: int | None = Field(None, gt=0)
+    # YouTube player clients to try, in order (yt-dlp's youtube:player_client); empty: yt-dlp's choice.
+    player_clients: list[str] = []
+    # A PO-token provider's HTTP server (bgutil-ytdlp-pot-provider: youtubepot-bgutilhttp:base_url).
+    po_token_provider_url: str | None = None
+    # The JavaScript runtime yt-dlp runs YouTube's player with (deno, node, bun, quickjs), optionally
+    # "name:/path/to/binary"; null: yt-dlp's default (deno, if found). Checked when the build starts.
+    js_runtime: str | None = None
+    # yt-dlp's extractor_args ({"youtube": {"lang": ["en"]}}) and any other YoutubeDL option by yt-dlp's
+    # own name (its YoutubeDL docstring); an unknown name stops the build at start.
+    extractor_args: dict[str, dict[str, list[str]]] = {}
+    ytdlp_options: dict[str, Any] = {}
+    # The build stops taking new videos (and says to upgrade yt-dlp) when this share of the last
+    # breaker_window downloads failed as extractor_broken: a site change fails every video alike.
+    breaker_window: int = Field(50, ge=1)
+    breaker_share: float = Field(0.6, gt=0, le=1)
 
 
 class ScenesConfig(_Strict):
@@ -151,6 +188,10 @@ class AsrConfig(_Strict):
     windows: Literal["batched", "sequential"] = "batched"
     # Windows per encoder/decoder pass, across the videos of a batch (batched windows only).
     window_batch: int = Field(16, ge=1)
+    # The platform's caption track as the transcript (stages/captions.py): prefer: a video with a manual
+    # track or the original-language automatic one skips whisper; never: whisper only (no track is
+    # fetched); only: no whisper at all (a video without a track has no transcript).
+    platform_captions: Literal["prefer", "never", "only"] = "prefer"
 
 
 class CaptionConfig(_Strict):
@@ -246,6 +287,9 @@ class VideoRulesConfig(_Strict):
     # No speech and no caption text: nothing to write a document from.
     require_text: bool = False
     languages: list[str] = []  # whisper's codes; empty: any
+    # The platform's licence must contain one of these texts (any case), e.g. ["Creative Commons"]:
+    # judged from the metadata, before the media is downloaded; empty: any licence.
+    licenses: list[str] = []
     min_language_probability: float | None = Field(None, ge=0, le=1)
     max_no_speech_prob: float | None = Field(None, ge=0, le=1)
     min_avg_logprob: float | None = None

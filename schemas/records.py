@@ -37,6 +37,24 @@ RATE_LIMITED = "rate_limited"
 # naming the copy kept), or the source id is listed in `cosmo-data build --exclude-ids` (EXCLUDED).
 DUPLICATE = "duplicate"
 EXCLUDED = "excluded"
+# Platform failure kinds, read from yt-dlp's words (stages/download_failures.py). The video's own state,
+# which no retry changes: removed or never existed, private, for a channel's members, DRM-protected.
+VIDEO_UNAVAILABLE = "video_unavailable"
+PRIVATE_VIDEO = "private_video"
+MEMBERS_ONLY = "members_only"
+DRM_PROTECTED = "drm_protected"
+# Needs signed-in cookies of an adult account (download.cookies_file): retry with --retry-failed age_restricted.
+AGE_RESTRICTED = "age_restricted"
+# Not served to this address's country: retry through a proxy elsewhere (--retry-failed geo_blocked).
+GEO_BLOCKED = "geo_blocked"
+# A live stream or a premiere not yet over: a later run may get it.
+LIVE_OR_UPCOMING = "live_or_upcoming"
+# "Sign in to confirm you're not a bot": the identity's (address, cookies) fault, not the video's.
+BOT_CHECK = "bot_check"
+# A 403 on the media URL: it expired or is bound to another address; extracting again gets a new one.
+MEDIA_FORBIDDEN = "media_forbidden"
+# yt-dlp's extractor no longer understands the site: upgrade yt-dlp and retry.
+EXTRACTOR_BROKEN = "extractor_broken"
 
 FAILURES = frozenset(
     {
@@ -60,11 +78,33 @@ FAILURES = frozenset(
         RATE_LIMITED,
         DUPLICATE,
         EXCLUDED,
+        VIDEO_UNAVAILABLE,
+        PRIVATE_VIDEO,
+        MEMBERS_ONLY,
+        DRM_PROTECTED,
+        AGE_RESTRICTED,
+        GEO_BLOCKED,
+        LIVE_OR_UPCOMING,
+        BOT_CHECK,
+        MEDIA_FORBIDDEN,
+        EXTRACTOR_BROKEN,
     }
 )
 # Failures of the moment, not of the video: a worker's disk, a host's rate limit, a deadline met on a
-# busy machine, storage out of reach. `cosmo-data build --retry-failed` reruns the groups that hold them.
-RETRYABLE = frozenset({DISK_FULL, RATE_LIMITED, DEADLINE_EXCEEDED, STORAGE_FAILED})
+# busy machine, storage out of reach, an identity blocked for a while. `cosmo-data build --retry-failed` reruns the
+# groups that hold them.
+RETRYABLE = frozenset(
+    {
+        DISK_FULL,
+        RATE_LIMITED,
+        DEADLINE_EXCEEDED,
+        STORAGE_FAILED,
+        BOT_CHECK,
+        MEDIA_FORBIDDEN,
+        LIVE_OR_UPCOMING,
+        EXTRACTOR_BROKEN,
+    }
+)
 
 
 class VideoFailure(Exception):
@@ -128,8 +168,9 @@ class Segment:
     start_s: float
     end_s: float
     text: str
-    avg_logprob: float
-    no_speech_prob: float
+    # Whisper's scores; None for a platform's or a source's caption text.
+    avg_logprob: float | None
+    no_speech_prob: float | None
 
 
 @dataclass
@@ -220,6 +261,15 @@ class VideoRecord:
     # 16 kHz mono signed 16-bit little-endian PCM; None when the video has no audio.
     audio_pcm: bytes | None = None
     transcript: list[Segment] = field(default_factory=list)
+    # Where the transcript came from: stages/captions.py (platform_manual, platform_auto, source) or
+    # whisper; None while there is none.
+    text_source: str | None = None
+    # The platform's metadata from the one extraction (stages/platform_info.py): videos' columns, the
+    # chapters, the info dict minus formats as JSON; and the yt-dlp version that extracted or failed.
+    platform: dict | None = None
+    chapters: list[dict] = field(default_factory=list)
+    info_json: str | None = None
+    ytdlp_version: str | None = None
     # Only when the cosmo shard format is on.
     cosmo_video: CosmoVideo | None = None
     # Where the last stage stages this video's samples: its output group's folder or prefix (set by the build).

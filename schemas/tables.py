@@ -46,6 +46,36 @@ VIDEOS = pa.schema(
         pa.field("content_hash", pa.string()),
         pa.field("duplicate_of", pa.string()),
         pa.field("duplicate_similarity", pa.float64()),
+        # The platform's metadata from yt-dlp's extraction (stages/platform_info.py); null for local
+        # files. upload_date is YYYY-MM-DD; platform_language the language the platform gives the video
+        # (language above is the transcript's); info_json the info dict minus formats and requests.
+        pa.field("title", pa.string()),
+        pa.field("description", pa.string()),
+        pa.field("channel", pa.string()),
+        pa.field("channel_id", pa.string()),
+        pa.field("upload_date", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("categories", pa.list_(pa.string())),
+        pa.field("license", pa.string()),
+        pa.field("platform_language", pa.string()),
+        pa.field("availability", pa.string()),
+        pa.field("live_status", pa.string()),
+        pa.field("age_limit", pa.int32()),
+        pa.field("info_json", pa.string()),
+        # The yt-dlp version that extracted the video, or failed to: a failure kind such as
+        # extractor_broken is retried after an upgrade.
+        pa.field("ytdlp_version", pa.string()),
+    ]
+)
+
+# The platform's chapters of each video (yt-dlp's info dict), in order.
+CHAPTERS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("chapter_idx", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
     ]
 )
 
@@ -105,6 +135,10 @@ TRANSCRIPTS = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("avg_logprob", pa.float64()),
         pa.field("no_speech_prob", pa.float64()),
+        # Where the text came from: platform_manual (an uploader's caption track), platform_auto (the
+        # platform's speech recognition, original language), source (brought by the source list, e.g.
+        # HowTo100M's raw_caption.json) or whisper.
+        pa.field("text_source", pa.string()),
     ]
 )
 
@@ -155,4 +189,5 @@ TABLES: dict[str, pa.Schema] = {
     "transcripts": TRANSCRIPTS,
     "documents": DOCUMENTS,
     "embeddings": EMBEDDINGS,
+    "chapters": CHAPTERS,
 }

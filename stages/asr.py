@@ -16,6 +16,7 @@ from cosmo_data.models import load_whisper, pick_device
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import ASR_FAILED, Segment, VideoFailure, VideoRecord
 from cosmo_data.stages.base import process_batched, resources_from
+from cosmo_data.stages.captions import has_platform_text
 from cosmo_data.stages.whisper_windows import (
     SAMPLE_RATE,
     DecodeSettings,
@@ -75,6 +76,8 @@ class AsrStage:
         return process_batched(batch, self._transcribe, stage=self.name, failure_status=ASR_FAILED)
 
     def _transcribe(self, records: list[VideoRecord]) -> None:
+        # Transcripts that came with the video (asr.platform_captions: prefer) are not whisper's to redo.
+        records = [record for record in records if not has_platform_text(record)]
         speaking: list[tuple[VideoRecord, np.ndarray]] = []
         for record in records:
             audio = pcm_to_audio(record) if record.audio_pcm is not None else None

@@ -13,59 +13,80 @@ downloading (a progress hook), for servers and streams that announce nothing.
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
 import re
-import signal
 import subprocess
+import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from multiprocessing import forkserver
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 import yt_dlp
-from yt_dlp.networking.exceptions import (
-    CertificateVerifyError,
-    HTTPError,
-    TransportError,
-)
 from yt_dlp.utils import DownloadError
+from yt_dlp.version import __version__ as YTDLP_VERSION
 
 from cosmo_data.schemas.config import DownloadConfig
 from cosmo_data.schemas.records import (
+    BOT_CHECK,
     DEADLINE_EXCEEDED,
-    DISK_FULL,
     DOWNLOAD_FAILED,
+    FILTERED,
     INVALID_SOURCE,
+    MEDIA_FORBIDDEN,
     RATE_LIMITED,
     TOO_LARGE,
     TOO_LONG,
+    Segment,
     VideoFailure,
     VideoRecord,
 )
-from cosmo_data.stages.base import describe_exception
+from cosmo_data.stages import captions as platform_captions
+from cosmo_data.stages import platform_info
+from cosmo_data.stages.child_process import prepare_children as prepare_children
+from cosmo_data.stages.child_process import run_with_deadline
+from cosmo_data.stages.download_failures import CapturingLogger, classify, is_transient, ytdlp_message
+from cosmo_data.stages.download_pacing import Identities, say
+from cosmo_data.stages.rules import license_failure
+from cosmo_data.stages.ytdlp_access import access_params, proxy_label, redact, worker_cookies
 
 MB = 1024 * 1024
-# HTTP statuses worth another try; anything else (404, 403, 410, ...) will not change on retry.
-TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-# A child killed for its deadline has this long to exit before the parent stops waiting for it.
-KILL_WAIT_S = 10.0
 # ffprobe reads only the container header; this is a guard against a hung process, not a limit.
 PROBE_TIMEOUT_S = 60.0
+# Failures that are the identity's (address, cookies), not the video's: the identity sleeps, the video waits.
+IDENTITY_FAULTS = frozenset({BOT_CHECK, RATE_LIMITED})
+# Where the node's workers share their identities' state and keep their cookies copies.
+WORKER_STATE_DIR = Path(tempfile.gettempdir()) / "cosmo-data-download"
 
-T = TypeVar("T")
+
+@dataclass
+class Fetched:
+    """What one extraction brought back from the child: the file, the platform's metadata, captions."""
+
+    path: Path
+    platform: dict[str, Any] | None = None
+    chapters: list[dict[str, Any]] = field(default_factory=list)
+    info_json: str | None = None
+    # (text_source, language, segments) of the platform's caption track, where one was taken.
+    transcript: tuple[str, str, list[Segment]] | None = None
 
 
-def download(record: VideoRecord, dest_dir: Path, config: DownloadConfig, *, deadline_s: float | None = None) -> Path:
+def download(
+    record: VideoRecord,
+    dest_dir: Path,
+    config: DownloadConfig,
+    *,
+    deadline_s: float | None = None,
+    captions: bool = True,
+    licenses: tuple[str, ...] = (),
+) -> Path:
     """Return a local path to the record's video, downloading it into dest_dir when it is remote.
 
     deadline_s overrides config.deadline_s (the video stage passes what is left of its own deadline).
-    Local files are used where they are, never copied. Raises VideoFailure.
+    Local files are used where they are, never copied. A download also sets the record's platform
+    metadata and, with captions, its transcript from the platform's caption track (unless its source
+    brought one); licenses: curation.video.licenses, judged before any media. Raises VideoFailure.
     """
     if record.source_kind == "local":
         path = local_file(record, config)
@@ -73,17 +94,75 @@ def download(record: VideoRecord, dest_dir: Path, config: DownloadConfig, *, dea
         return path
     if record.source_kind not in ("youtube", "url"):
         raise VideoFailure(INVALID_SOURCE, record.error or f"nothing to download for source {record.source!r}")
+    record.ytdlp_version = YTDLP_VERSION
     limit_s = config.deadline_s if deadline_s is None else deadline_s
     try:
-        return run_with_deadline(
-            fetch_url,
-            (record.locator, record.video_id, Path(dest_dir), config),
-            timeout_s=limit_s,
-            step="download",
-            crash_status=DOWNLOAD_FAILED,
-        )
+        fetched = fetch_paced(record, Path(dest_dir), config, limit_s, captions and not record.transcript, licenses)
     except VideoFailure as failure:
-        raise VideoFailure(failure.status, scrub_paths(failure.message, Path(dest_dir), record.source)) from None
+        message = redact(scrub_paths(failure.message, Path(dest_dir), record.source), config)
+        raise VideoFailure(failure.status, message, failure.filter_reason) from None
+    record.platform, record.chapters, record.info_json = fetched.platform, fetched.chapters, fetched.info_json
+    if fetched.info_json is not None:
+        record.info_json = redact(fetched.info_json, config)
+    if fetched.transcript is not None:
+        record.text_source, record.language, record.transcript = fetched.transcript
+    return fetched.path
+
+
+def fetch_paced(
+    record: VideoRecord,
+    dest_dir: Path,
+    config: DownloadConfig,
+    limit_s: float,
+    captions: bool,
+    licenses: tuple[str, ...],
+) -> Fetched:
+    """Download through an awake identity; a bot check or rate limit puts it to sleep and the video
+    waits for the next awake one, up to download.identity_give_up_s of waiting and the deadline."""
+    started = time.monotonic()
+    identities = Identities(config, WORKER_STATE_DIR)
+    cookies = worker_cookies(config, WORKER_STATE_DIR)
+    interval_s = config.youtube_interval_s if record.source_kind == "youtube" else 0.0
+    waited_s = 0.0
+    last = VideoFailure(BOT_CHECK, "every download identity sleeps after bot checks or rate limits")
+    while True:
+        turn = identities.take(interval_s)
+        left_s = limit_s - (time.monotonic() - started)
+        if turn.awake and turn.wait_s >= left_s:
+            message = f"download's turn on its identity (download.youtube_interval_s) came after its deadline of {limit_s:g} s"
+            raise VideoFailure(DEADLINE_EXCEEDED, message)
+        if not turn.awake and (turn.wait_s >= left_s or waited_s + turn.wait_s > config.identity_give_up_s):
+            raise VideoFailure(last.status, f"{last.message} (every identity slept; gave up waiting)")
+        if not turn.awake:
+            say(f"every identity sleeps (bot check or rate limit): waiting {turn.wait_s:.1f} s")
+        time.sleep(turn.wait_s)
+        waited_s += turn.wait_s
+        if waited_s:  # part of the download's time, shown apart: the identity's pace and sleeps
+            record.timings["identity_wait"] = round(waited_s, 3)
+        if not turn.awake:
+            continue
+        try:
+            fetched = run_with_deadline(
+                fetch_url,
+                (record.locator, record.video_id, dest_dir, config, turn.proxy, cookies, captions, licenses),
+                timeout_s=left_s - turn.wait_s,
+                step="download",
+                crash_status=DOWNLOAD_FAILED,
+            )
+        except VideoFailure as failure:
+            if failure.status == DEADLINE_EXCEEDED:  # the whole download's deadline, waits included
+                raise VideoFailure(
+                    DEADLINE_EXCEEDED, f"download did not finish within its deadline of {limit_s:g} s"
+                ) from None
+            if failure.status not in IDENTITY_FAULTS or config.identity_give_up_s <= 0:
+                raise
+            last = failure
+            slept_s = identities.strike(turn.proxy)
+            record.counters["identity_strikes"] = record.counters.get("identity_strikes", 0) + 1
+            say(f"identity {proxy_label(turn.proxy)} sleeps {slept_s:g} s: {redact(failure.message, config)[:160]}")
+            continue
+        identities.clear(turn.proxy)
+        return fetched
 
 
 def local_file(record: VideoRecord, config: DownloadConfig) -> Path:
@@ -163,22 +242,35 @@ def too_large(what: str, config: DownloadConfig) -> VideoFailure:
 # --- yt-dlp, run inside the child process -------------------------------------------------------
 
 
-def fetch_url(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -> Path:
-    """Download url with yt-dlp into dest_dir/<video_id>.<ext>, retrying transient failures.
+def fetch_url(
+    url: str,
+    video_id: str,
+    dest_dir: Path,
+    config: DownloadConfig,
+    proxy: str | None = None,
+    cookies: Path | None = None,
+    captions: bool = True,
+    licenses: tuple[str, ...] = (),
+) -> Fetched:
+    """Download url with yt-dlp into dest_dir/<video_id>.<ext> through one identity, retrying transient
+    failures; then, from the same extraction, the platform's metadata and caption track.
 
     yt-dlp retries the media transfer itself (config.retries, with our backoff); the requests that
     find the media (webpage, API, or the generic extractor's first GET) it does not retry, so this
-    loop does, with exponential backoff, when the cause is a connection problem or a 5xx/429.
+    loop does, with exponential backoff, when the cause is a connection problem or a 5xx/429, and
+    extracts again after a 403 on the media (an expired media URL). A bot check or a rate limit is
+    not retried here: it is the identity's, and the caller puts it to sleep.
     """
     attempt = 0
     while True:
         try:
-            return _fetch_once(url, video_id, dest_dir, config)
+            return _fetch_once(url, video_id, dest_dir, config, proxy, cookies, captions, licenses)
         except DownloadError as error:
             message = ytdlp_message(error)
-            if attempt == config.retries or not is_transient(error):
+            status = classify(error, message)
+            retry = is_transient(error) or status == MEDIA_FORBIDDEN
+            if attempt == config.retries or not retry or status == BOT_CHECK:
                 tries = f" (gave up after {attempt + 1} attempts)" if attempt else ""
-                status = RATE_LIMITED if is_rate_limited(error) else _status_for(message)
                 raise VideoFailure(status, message + tries) from None
             time.sleep(backoff_s(config, attempt))
             attempt += 1
@@ -189,10 +281,20 @@ def backoff_s(config: DownloadConfig, attempt: int) -> float:
     return config.backoff_s * 2**attempt
 
 
-def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig) -> Path:
-    log = _CapturingLogger()
-    limits = _Limits(config)
-    with yt_dlp.YoutubeDL(_params(video_id, dest_dir, config, log, limits)) as ydl:
+def _fetch_once(
+    url: str,
+    video_id: str,
+    dest_dir: Path,
+    config: DownloadConfig,
+    proxy: str | None,
+    cookies: Path | None,
+    captions: bool,
+    licenses: tuple[str, ...],
+) -> Fetched:
+    log = CapturingLogger()
+    limits = _Limits(config, licenses)
+    params = access_params(config, proxy=proxy, cookies_path=cookies) | _params(video_id, dest_dir, config, log, limits)
+    with yt_dlp.YoutubeDL(params) as ydl:
         # Look before processing: a playlist would resolve (and download) every entry, and an
         # embedding page's metadata can rule the video out before its media URL is even opened.
         info = ydl.extract_info(url, download=False, process=False)
@@ -200,17 +302,46 @@ def _fetch_once(url: str, video_id: str, dest_dir: Path, config: DownloadConfig)
             raise VideoFailure(DOWNLOAD_FAILED, f"{url} is a playlist, not a single video")
         limits.check_metadata(info)
         info = ydl.process_ie_result(info, download=True)
-    for requested in info.get("requested_downloads") or []:
-        path = requested.get("filepath")
-        if path and Path(path).is_file():
-            if not info.get("duration"):
-                check_duration(header_duration_s(Path(path)), config)
-            return Path(path)
-    raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
+        path = next(
+            (
+                Path(r["filepath"])
+                for r in info.get("requested_downloads") or []
+                if r.get("filepath") and Path(r["filepath"]).is_file()
+            ),
+            None,
+        )
+        if path is None:
+            raise VideoFailure(DOWNLOAD_FAILED, log.last_problem() or "yt-dlp finished without writing a file")
+        if not info.get("duration"):
+            check_duration(header_duration_s(path), config)
+        fetched = Fetched(
+            path,
+            platform=platform_info.platform_columns(info),
+            chapters=platform_info.chapters(info),
+            info_json=platform_info.info_json(info),
+        )
+        if captions:
+            fetched.transcript = _captions(ydl, info)
+    return fetched
+
+
+def _captions(ydl: yt_dlp.YoutubeDL, info: dict[str, Any]) -> tuple[str, str, list[Segment]] | None:
+    """The platform's caption track, fetched with the media's identity after the media; a track that
+    cannot be had (a 429, a broken file) leaves the video to whisper, never fails it."""
+
+    def read_url(track_url: str) -> str:
+        with ydl.urlopen(track_url) as response:
+            return response.read().decode("utf-8", errors="replace")
+
+    try:
+        return platform_captions.fetch_transcript(info, read_url)
+    except Exception as exc:  # errors are data: the video goes on without the platform's text
+        ydl.report_warning(f"caption track not used: {exc}")
+        return None
 
 
 def _params(
-    video_id: str, dest_dir: Path, config: DownloadConfig, log: _CapturingLogger, limits: _Limits
+    video_id: str, dest_dir: Path, config: DownloadConfig, log: CapturingLogger, limits: _Limits
 ) -> dict[str, Any]:
     return {
         # Best video at most max_height tall plus best audio; if every video is taller, the smallest.
@@ -242,8 +373,9 @@ def _params(
 class _Limits:
     """Duration and size limits, checked from metadata before downloading and from bytes during it."""
 
-    def __init__(self, config: DownloadConfig):
+    def __init__(self, config: DownloadConfig, licenses: tuple[str, ...] = ()):
         self.config = config
+        self.licenses = licenses
         self.max_bytes = max_filesize_bytes(config)
         self.received: dict[str, int] = {}
 
@@ -251,6 +383,9 @@ class _Limits:
         """yt-dlp's match_filter, called before format selection and again for the chosen format;
         raising stops it before any media is downloaded. Sizes are the ones yt-dlp trusts: it leaves
         filesize_approx unset for streaming manifests, whose bitrates are peaks, not averages."""
+        rule = license_failure(self.licenses, info.get("license"))
+        if rule:
+            raise VideoFailure(FILTERED, f"licence {info.get('license')!r} is not one of {list(self.licenses)}", rule)
         duration = info.get("duration")
         if duration and duration > self.config.max_duration_s:
             raise too_long(duration, self.config)
@@ -275,120 +410,6 @@ class _Limits:
             raise too_large(f"download stopped after {received} bytes", self.config)
 
 
-class _CapturingLogger:
-    """yt-dlp logger that keeps its recent lines (to report its own words) and prints nothing."""
-
-    def __init__(self) -> None:
-        self.lines: deque[tuple[str, str]] = deque(maxlen=200)
-
-    def debug(self, message: str) -> None:
-        self.lines.append(("debug", _clean(message)))
-
-    def info(self, message: str) -> None:
-        self.lines.append(("info", _clean(message)))
-
-    def warning(self, message: str) -> None:
-        self.lines.append(("warning", _clean(message)))
-
-    def error(self, message: str) -> None:
-        self.lines.append(("error", _clean(message)))
-
-    def last_problem(self) -> str | None:
-        return next((line for level, line in reversed(self.lines) if level in ("error", "warning")), None)
-
-
-def ytdlp_message(error: BaseException) -> str:
-    """yt-dlp's own text, minus the 'ERROR:' prefix and the carriage returns meant for a terminal."""
-    return _clean(str(error))
-
-
-def _clean(message: str) -> str:
-    text = message.replace("\r", "").strip()
-    text = re.sub(r"^ERROR:\s*", "", text)
-    return re.sub(r"^\[download\]\s*", "", text)
-
-
-def _status_for(message: str) -> str:
-    return DISK_FULL if "No space left on device" in message else DOWNLOAD_FAILED
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error and everything behind it: yt-dlp's cause and exc_info, Python's __cause__/__context__."""
-    pending: list[BaseException | None] = [error]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        exc_info = getattr(current, "exc_info", None)
-        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
-        pending.append(exc_info[1] if exc_info else None)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether another attempt could succeed: connection problems, timeouts, 5xx and 429 answers."""
-    for current in _causes(error):
-        if isinstance(current, HTTPError):
-            return current.status in TRANSIENT_HTTP_STATUSES
-        if isinstance(current, CertificateVerifyError):
-            return False
-        if isinstance(current, (TransportError, TimeoutError, ConnectionError)):
-            return True
-    return False
-
-
-def is_rate_limited(error: BaseException) -> bool:
-    """A 429 answer (YouTube's "Too Many Requests"): worth retrying in a later run, not now."""
-    return any(isinstance(current, HTTPError) and current.status == 429 for current in _causes(error))
-
-
-# --- child processes with a hard deadline -------------------------------------------------------
-
-
-def run_with_deadline(fn: Callable[..., T], args: tuple, *, timeout_s: float, step: str, crash_status: str) -> T:
-    """Run fn(*args) in a child process and return its result; kill it and its children at the deadline.
-
-    VideoFailures raised by fn come back as they were; any other exception, or the child dying, is
-    recorded under crash_status. fn and args must be picklable (fn a module-level function).
-    The child runs in its own process group so that ffmpeg processes it started die with it.
-    """
-    context = multiprocessing.get_context("forkserver")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, fn, args, timeout_s), name=f"cosmo-{step}")
-    child.start()
-    sender.close()
-    outcome: tuple | None = None  # None: the deadline passed first
-    try:
-        if receiver.poll(timeout_s):
-            outcome = receiver.recv()
-    except EOFError:
-        outcome = ("died",)
-    finally:
-        receiver.close()
-        _stop(child, kill=outcome is None or outcome[0] == "died")
-    if outcome is None:
-        raise VideoFailure(DEADLINE_EXCEEDED, f"{step} did not finish within its deadline of {timeout_s:g} s")
-    if outcome[0] == "ok":
-        return outcome[1]
-    if outcome[0] == "failed":
-        raise VideoFailure(outcome[1], outcome[2])
-    if outcome[0] == "died":
-        raise VideoFailure(crash_status, f"{step} process died ({_exit_reason(child.exitcode)})")
-    raise VideoFailure(crash_status, outcome[1])
-
-
-def prepare_children(modules: tuple[str, ...]) -> None:
-    """Start the process that forks deadline children, with these modules already imported.
-
-    Optional: without it the first run_with_deadline starts it, and each child imports on its own.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", *modules])
-    forkserver.ensure_running()
-
-
 def warm_up_ytdlp() -> None:
     """Compile every extractor's URL pattern (cached on its class) and import the generic extractor."""
     from yt_dlp.extractor import gen_extractor_classes
@@ -397,45 +418,6 @@ def warm_up_ytdlp() -> None:
         extractor.suitable("")
     with yt_dlp.YoutubeDL({"quiet": True}) as ydl:
         ydl.get_info_extractor("Generic")
-
-
-def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, timeout_s: float) -> None:
-    os.setpgid(0, 0)
-    # Backstop for a parent that dies without killing us: SIGALRM's default action ends the process.
-    signal.alarm(math.ceil(timeout_s + KILL_WAIT_S))
-    try:
-        outcome: tuple = ("ok", fn(*args))
-    except VideoFailure as failure:
-        outcome = ("failed", failure.status, failure.message)
-    except BaseException as exc:  # errors are data: the parent records the message
-        outcome = ("error", describe_exception(exc))
-    try:
-        sender.send(outcome)
-    except Exception as exc:  # a result that cannot be pickled
-        sender.send(("error", describe_exception(exc)))
-    sender.close()
-
-
-def _stop(child: multiprocessing.process.BaseProcess, *, kill: bool) -> None:
-    """Wait for a child that has answered; kill the group of one that has not (or does not exit)."""
-    if not kill:
-        child.join(KILL_WAIT_S)
-    if kill or child.is_alive():
-        try:
-            os.killpg(child.pid, signal.SIGKILL)  # the child, and the ffmpeg it may be running
-        except (ProcessLookupError, PermissionError):
-            child.kill()  # it had not made its own process group yet
-        child.join(KILL_WAIT_S)
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = ", often the kernel's out-of-memory killer" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {exitcode}"
 
 
 def scrub_paths(message: str, work_dir: Path, source: str) -> str:

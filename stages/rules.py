@@ -21,6 +21,8 @@ from cosmo_data.schemas.config import (
     VideoRulesConfig,
 )
 
+# Judged from the platform's metadata before any media is downloaded (stages/download.py).
+DOWNLOAD_VIDEO_RULES = ("video_licenses",)
 PICTURE_VIDEO_RULES = ("video_min_motion_when_silent",)
 SPEECH_RULES = (
     "video_require_text",
@@ -35,6 +37,7 @@ SPEECH_RULES = (
 SCORED_FRAME_RULES = ("frame_max_nsfw",)
 DOCUMENT_RULES = ("document_min_matched_similarity", "document_min_aesthetic", "document_max_nsfw")
 RULES: tuple[str, ...] = (
+    *DOWNLOAD_VIDEO_RULES,
     *(f"clip_{name}" for name in ClipRulesConfig.model_fields),
     *(f"frame_{name}" for name in FrameRulesConfig.model_fields if f"frame_{name}" not in SCORED_FRAME_RULES),
     *PICTURE_VIDEO_RULES,
@@ -84,6 +87,15 @@ def frame_failure(rules: FrameRulesConfig, *, width: int, height: int) -> str | 
 def scored_frame_failure(rules: FrameRulesConfig, *, nsfw: float | None) -> str | None:
     """The frame rules over the CLIP predictors' scores (a keyframe CLIP never saw has none)."""
     return _first_failure("frame", [("max_nsfw", nsfw, rules.max_nsfw)])
+
+
+def license_failure(licenses: Sequence[str], license_text: str | None) -> str | None:
+    """video_licenses: keep only videos whose platform licence contains one of these texts (any case);
+    a video without a licence fails it (an empty list: off)."""
+    text = (license_text or "").lower()
+    if licenses and not any(wanted.lower() in text for wanted in licenses):
+        return "video_licenses"
+    return None
 
 
 def is_silent(rules: VideoRulesConfig, *, has_audio: bool | None, audio_dbfs: float | None) -> bool:

@@ -67,7 +67,9 @@ class VideoStage:
         try:
             self._download_and_decode(record, work_dir, started)
         except VideoFailure as failure:
-            raise VideoFailure(failure.status, scrub_paths(failure.message, work_dir, record.source)) from None
+            raise VideoFailure(
+                failure.status, scrub_paths(failure.message, work_dir, record.source), failure.filter_reason
+            ) from None
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -81,7 +83,14 @@ class VideoStage:
         download_limit_s = min(config.download.deadline_s, left_s())
         with stage_deadline("download", stage_limit_s, binding=download_limit_s < config.download.deadline_s):
             with timed(record, "download"):
-                path = download(record, work_dir, config.download, deadline_s=download_limit_s)
+                path = download(
+                    record,
+                    work_dir,
+                    config.download,
+                    deadline_s=download_limit_s,
+                    captions=config.asr.platform_captions != "never",
+                    licenses=tuple(config.curation.video.licenses),
+                )
         with stage_deadline("decode", stage_limit_s, binding=True):
             if left_s() <= 0:
                 raise VideoFailure(DEADLINE_EXCEEDED, "no time left")

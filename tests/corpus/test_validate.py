@@ -206,9 +206,9 @@ def test_an_unfinished_build(out):
     assert problems[:3] == [
         "build incomplete: 1 group of 3 not finished (000002); rerun `cosmo-data build` with the same --out to finish",
         "group 000001 is marked done but lacks frames/part-000001.parquet",
-        "files outside any finished group (left by an interrupted build?): clips/part-000002.parquet, "
-        "documents/part-000002.parquet, embeddings/part-000002.parquet, frames/part-000002.parquet, "
-        "shards/cosmo/000002.tar (+4 more)",
+        "files outside any finished group (left by an interrupted build?): chapters/part-000002.parquet, "
+        "clips/part-000002.parquet, documents/part-000002.parquet, embeddings/part-000002.parquet, "
+        "frames/part-000002.parquet (+5 more)",
     ]
 
 

@@ -114,7 +114,7 @@ def test_broken_unusual_and_hostile_inputs_in_one_build(tmp_path, monkeypatch):
         ffmpeg_words = ("Invalid data found", "moov atom not found", "partial file", "End of file")
         assert any(words in error[name] for words in ffmpeg_words), error[name]
     assert status["audio_only"] == "no_video_stream"
-    assert status["http_404"] == "download_failed" and "404" in error["http_404"]
+    assert status["http_404"] == "video_unavailable" and "404" in error["http_404"]
     assert status["refused"] == "download_failed" and "refused" in error["refused"].lower()
     assert status["http_html"] in ("download_failed", "decode_failed")
     assert status["http_trickle"] in ("deadline_exceeded", "download_failed")

@@ -24,6 +24,7 @@ from cosmo_data.schemas.records import (
     RETRYABLE,
     TOO_LARGE,
     TOO_LONG,
+    VIDEO_UNAVAILABLE,
     VideoFailure,
     VideoRecord,
 )
@@ -39,7 +40,9 @@ pytestmark = pytest.mark.usefixtures("fast_children")
 
 
 def config(**overrides) -> DownloadConfig:
-    return DownloadConfig(**{"retries": 0, "backoff_s": 0.05, "socket_timeout_s": 5.0, "deadline_s": 60.0, **overrides})
+    # identity_give_up_s 0: a bot check or rate limit fails the video at once (pacing has its own tests).
+    settings = {"retries": 0, "backoff_s": 0.05, "socket_timeout_s": 5.0, "deadline_s": 60.0, "identity_give_up_s": 0}
+    return DownloadConfig(**{**settings, **overrides})
 
 
 def record_for(source: str) -> VideoRecord:
@@ -90,10 +93,10 @@ def test_max_height_picks_the_tallest_rendition_not_above_it_and_merges_audio(ht
     assert picked == {720: ((320, 240), True), 200: ((160, 120), True), 100: ((160, 120), True)}
 
 
-def test_http_404_fails_with_ytdlp_text_and_is_not_retried(http_server, tmp_path):
+def test_http_404_is_an_unavailable_video_in_ytdlp_words_and_is_not_retried(http_server, tmp_path):
     failure = failure_of(record_for(http_server.url("missing.mp4")), tmp_path, config(retries=3))
 
-    assert failure.status == DOWNLOAD_FAILED
+    assert failure.status == VIDEO_UNAVAILABLE and failure.status not in RETRYABLE
     assert failure.message == (
         "[generic] missing: Unable to download webpage: HTTP Error 404: Not Found "
         "(caused by <HTTPError 404: Not Found>)"

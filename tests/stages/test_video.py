@@ -20,6 +20,7 @@ from cosmo_data.schemas.records import (
     INVALID_SOURCE,
     NO_VIDEO_STREAM,
     OK,
+    VIDEO_UNAVAILABLE,
     VideoRecord,
 )
 from cosmo_data.stages.video import VideoStage
@@ -88,7 +89,7 @@ def test_batch_of_good_and_broken_sources(http_server, media_dir, tmp_path):
     assert_decoded(good_url)
     assert garbage.status == DECODE_FAILED
     assert "moov atom not found" in garbage.error
-    assert missing.status == DOWNLOAD_FAILED
+    assert missing.status == VIDEO_UNAVAILABLE
     assert "HTTP Error 404: Not Found" in missing.error
     assert audio_only.status == NO_VIDEO_STREAM
     assert (gone.status, gone.error) == (DOWNLOAD_FAILED, f"local file not found: {gone.source}")
