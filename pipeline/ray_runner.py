@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -157,7 +158,9 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     one is sized for this build's stages, and left to the interpreter's exit Ray's hook would first
     sleep 0.5 s. A Ray the caller had started already is the caller's, and is left running.
     """
-    # Ray's C++ core logs harmless warnings (and retries) to the console; read when it starts.
+    # The driver's C++ core prints its errors on the console too, and Ray Data's actor pools make it say
+    # one per pool (core_worker.cc: constructor arguments in the object store with max_restarts set):
+    # only fatal ones. The notice that it read this variable is hidden below.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
@@ -166,10 +169,11 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     started_here = not ray.is_initialized()
     if started_here:
         started = time.time()
-        if address:
-            _join(address)
-        else:
-            _start_embedded(groups, videos)
+        with _without_log_level_notice():
+            if address:
+                _join(address)
+            else:
+                _start_embedded(groups, videos)
         trace(trace_path, "ray_init", start=started, end=time.time())
     try:
         yield _describe(groups, embedded=started_here and not address)
@@ -178,6 +182,35 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
             started = time.time()
             ray.shutdown()
             trace(trace_path, "ray_shutdown", start=started, end=time.time())
+
+
+LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
+
+
+@contextmanager
+def _without_log_level_notice() -> Iterator[None]:
+    """Ray's C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL (logging.cc:303: "Set ray log level
+    from environment variable ...") while ray.init starts it, on every build's console. Whatever else is
+    written to stderr meanwhile is passed on after it, in order."""
+    try:
+        console = os.dup(2)
+    except OSError:  # no stderr to keep clean
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(console, 2)
+            os.close(console)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if LOG_LEVEL_NOTICE not in line:
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _join(address: str) -> None:
