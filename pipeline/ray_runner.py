@@ -169,7 +169,7 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     started_here = not ray.is_initialized()
     if started_here:
         started = time.time()
-        with _without_log_level_notice():
+        with _detached_from_terminal():
             if address:
                 _join(address)
             else:
@@ -188,24 +188,35 @@ LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
 
 
 @contextmanager
-def _without_log_level_notice() -> Iterator[None]:
-    """Ray's C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL (logging.cc:303: "Set ray log level
-    from environment variable ...") while ray.init starts it, on every build's console. Whatever else is
-    written to stderr meanwhile is passed on after it, in order."""
+def _detached_from_terminal() -> Iterator[None]:
+    """While ray.init starts Ray's processes, which inherit this process's stdin and stderr:
+
+    - stdin is /dev/null. Started from a shell, Ray's workers share its terminal from a background
+      process group, and the kernel stops one that touches the terminal (SIGTTIN/SIGTTOU). Importing
+      PySceneDetect runs `ffmpeg -v quiet` with the inherited stdin, which does: every video worker
+      stopped in its setup, and a build typed at a prompt hung at 0 videos.
+    - stderr is caught, and passed on in order without the notice Ray's C++ core prints that it read
+      RAY_BACKEND_LOG_LEVEL (logging.cc:303: "Set ray log level from environment variable ...").
+    """
+    saved: dict[int, int] = {}
     try:
-        console = os.dup(2)
-    except OSError:  # no stderr to keep clean
-        yield
-        return
+        for fd in (0, 2):
+            saved[fd] = os.dup(fd)
+    except OSError:  # no such stream to keep apart
+        pass
     sys.stderr.flush()
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
+    with open(os.devnull, "rb") as nothing, tempfile.TemporaryFile() as caught:
+        if 0 in saved:
+            os.dup2(nothing.fileno(), 0)
+        if 2 in saved:
+            os.dup2(caught.fileno(), 2)
         try:
             yield
         finally:
             sys.stderr.flush()
-            os.dup2(console, 2)
-            os.close(console)
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
             caught.seek(0)
             for line in caught.read().decode(errors="replace").splitlines(keepends=True):
                 if LOG_LEVEL_NOTICE not in line:
