@@ -27,6 +27,12 @@ ADVICE = {
 }
 
 
+def first_words(error: str, limit: int = 240) -> str:
+    """An error's gist: its first line without the chain of causes yt-dlp appends."""
+    gist = error.strip().splitlines()[0].split(" (caused by ")[0] if error.strip() else ""
+    return gist if len(gist) <= limit else gist[: limit - 3] + "..."
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds + 0.5)
     hours, rest = divmod(seconds, 3600)
@@ -123,7 +129,7 @@ class Progress:
             f"{rate:.2f} videos/s (last {self.window_s:.0f} s)" if rate else "videos/s -",
             f"ETA {duration(eta)}" if eta is not None else "ETA -",
             f"slowest stage {slowest[0]} {slowest[1]:.2f} s/video" if slowest else "slowest stage -",
-            f"{self.groups} groups written",
+            f"{self.groups} group{'' if self.groups == 1 else 's'} written",
             f"{duration(self.clock() - self.started)} elapsed",
         ]
         return "progress: " + ", ".join(fields)
@@ -164,11 +170,10 @@ class Progress:
             self._first_failures.append(record)
             statuses = {r.status for r in self._first_failures}
             if len(self._first_failures) == wanted and len(statuses) == 1:
-                error = (record.error or "").strip().splitlines()
                 advice = ADVICE.get(record.status, "every video so far failed this way; check the error")
                 self.warn(
                     f"the first {wanted} videos all failed with {record.status}"
-                    f"{': ' + error[0][:300] if error else ''}. What to do: {advice}"
+                    f"{': ' + first_words(record.error) if record.error else ''}. What to do: {advice}"
                 )
 
     def _emit(self, force: bool = False) -> None:

@@ -34,7 +34,7 @@ set +e
   function show(text) { if (tty) printf "\r\033[K%s", text; else print text; fflush() }
   /^Collecting / { n++; show("  collecting " n ": " $2) }
   /^Installing collected packages/ { show("  installing " (n ? n " packages" : "cosmo-data") "...") }
-  /^Successfully installed/ { show("  installed " NF - 2 " packages"); if (tty) print "" }'
+  /^Successfully installed/ { show("  installed " NF - 2 (NF == 3 ? " package" : " packages")); if (tty) print "" }'
 status=${PIPESTATUS[0]}
 set -e
 if [ "$status" -ne 0 ]; then

@@ -90,13 +90,17 @@ def test_a_terminal_gets_one_redrawn_bar():
 def test_the_first_videos_failing_alike_are_explained_once():
     clock, log = Clock(), io.StringIO()
     progress = Progress(total=50, stream=log, interval_s=1000, clock=clock)
-    error = "ERROR: [youtube] dQw4w9WgXcQ: Unable to download webpage: [Errno -3] Temporary failure in name resolution"
+    error = (
+        "[youtube] dQw4w9WgXcQ: Unable to download API page: HTTPSConnection(host='www.youtube.com', port=443): "
+        "Failed to resolve 'www.youtube.com' ([Errno -2] Name or service not known) (caused by TransportError(...))"
+    )
     for k in range(5):
         progress.record_done(record(k, DOWNLOAD_FAILED, error))
     warnings = [line for line in log.getvalue().splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
-    assert "the first 3 videos all failed with download_failed: ERROR: [youtube]" in warnings[0]
-    assert "Temporary failure in name resolution" in warnings[0] and "--retry-status download_failed" in warnings[0]
+    assert "the first 3 videos all failed with download_failed: [youtube] dQw4w9WgXcQ: Unable to" in warnings[0]
+    assert "Name or service not known). What to do: check that this machine reaches" in warnings[0]
+    assert "caused by" not in warnings[0] and "--retry-status download_failed" in warnings[0]
 
 
 def test_failures_after_a_success_or_of_several_kinds_say_nothing_more():
