@@ -144,6 +144,7 @@ class Progress:
             f"  {self.failed} failed  {f'{rate:.2f}' if rate else '-'} videos/s"
             f"  ETA {duration(eta) if eta is not None else '-'}"
             f"  slowest: {f'{slowest[0]} {slowest[1]:.1f} s/video' if slowest else '-'}"
+            f"  {duration(self.clock() - self.started)} elapsed"
         )
 
     def warn(self, text: str) -> None:

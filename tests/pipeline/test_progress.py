@@ -83,7 +83,7 @@ def test_a_terminal_gets_one_redrawn_bar():
     text = screen.getvalue()
     assert "\n" not in text.split("warning:")[0]  # the bar redraws in place until the warning
     assert "\r\x1b[K[############............] 2/4 videos  0 failed  0.20 videos/s  ETA 0:10" in text
-    assert "slowest: asr 1.5 s/video" in text
+    assert "slowest: asr 1.5 s/video  0:10 elapsed" in text
     assert "\r\x1b[Kwarning: a stage waits for a node\n" in text and text.endswith("\n")
 
 
