@@ -152,8 +152,8 @@ class Progress:
         self._write_line(f"warning: {text}")
 
     def finish(self) -> None:
-        self._stop.set()
         with self._lock:
+            self._stop.set()  # under the lock: no tick redraws the bar after the newline below
             self._emit(force=True)
             if self._tty:
                 self.stream.write("\n")
@@ -163,7 +163,8 @@ class Progress:
         """Show the state again if interval_s has passed (the ticker calls this between arrivals too,
         so a terminal's ETA and a log's lines keep coming while the videos take long)."""
         with self._lock:
-            self._emit()
+            if not self._stop.is_set():
+                self._emit()
 
     def _check_same_failure(self, record: VideoRecord) -> None:
         wanted = min(SAME_FAILURE_VIDEOS, self.total - self.skipped)

@@ -122,3 +122,18 @@ def test_a_small_build_failing_whole_is_explained_too():
 
 def test_durations_read_as_clock_time():
     assert [duration(s) for s in (0, 59.6, 61, 3600, 3 * 3600 + 62)] == ["0:00", "1:00", "1:01", "1:00:00", "3:01:02"]
+
+
+def test_lines_keep_coming_while_no_video_arrives_and_stop_at_the_end():
+    """A log shows the build is alive while workers load models or a long video decodes."""
+    import time
+
+    log = io.StringIO()
+    progress = Progress(total=5, stream=log, interval_s=0.05)
+    progress.resumed(0)
+    time.sleep(0.5)
+    progress.finish()
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 3 and all(line.startswith("progress: 0/5 videos") for line in lines)
+    time.sleep(0.2)
+    assert log.getvalue().splitlines() == lines
