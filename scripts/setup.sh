@@ -33,7 +33,7 @@ set +e
 .venv/bin/pip install -e ".[test]" 2>&1 | tee -a "$log" | awk -v tty="$tty" '
   function show(text) { if (tty) printf "\r\033[K%s", text; else print text; fflush() }
   /^Collecting / { n++; show("  collecting " n ": " $2) }
-  /^Installing collected packages/ { show("  installing " (n ? n " packages" : "cosmo-data") "...") }
+  /^Installing collected packages/ { show("  installing " NF - 3 (NF == 4 ? " package" : " packages") "...") }
   /^Successfully installed/ { show("  installed " NF - 2 (NF == 3 ? " package" : " packages")); if (tty) print "" }'
 status=${PIPESTATUS[0]}
 set -e
