@@ -14,6 +14,7 @@ from cosmo_data.schemas.config import BuildConfig, ConfigError, load_config, loa
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Build interleaved video-text pretraining corpora from raw videos.",
@@ -53,29 +54,36 @@ def build(
         typer.Option(
             "--source",
             "-s",
+            metavar="SOURCE",
             help="ids/URLs text file, CSV/Parquet, video file or folder, or s3://bucket/key; repeatable",
         ),
     ],
     out: Annotated[
-        str, typer.Option("--out", "-o", help="output folder or s3://bucket/prefix (resumes a build already there)")
+        str,
+        typer.Option(
+            "--out", "-o", metavar="DIR", help="output folder or s3://bucket/prefix (resumes a build already there)"
+        ),
     ] = "corpus",
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML config")] = None,
     ray_address: Annotated[
         Optional[str],
         typer.Option(
             "--ray-address",
             envvar="RAY_ADDRESS",
+            metavar="ADDRESS",
             help="join a Ray cluster ('auto' or host:port); without it the build starts a private Ray",
         ),
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed recorded with the build")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help="seed recorded with the build")] = None,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set asr.model=small")
+        Optional[list[str]],
+        typer.Option("--set", metavar="KEY=VALUE", help="override a config value, e.g. --set asr.model=small"),
     ] = None,
     retry_failed: Annotated[
         bool,
         typer.Option(
             "--retry-failed",
+            metavar="",
             help="rebuild the finished groups holding videos that failed for a passing reason "
             "(disk_full, rate_limited, deadline_exceeded, storage_failed; --retry-status picks others)",
         ),
@@ -132,8 +140,8 @@ def build(
 
 @app.command()
 def stats(
-    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="print one JSON object")] = False,
 ) -> None:
     """Dataset statistics (DuckDB over the Parquet tables)."""
     from cosmo_data.corpus.query import QueryError
@@ -149,9 +157,11 @@ def stats(
 
 @app.command()
 def query(
-    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
-    sql: Annotated[str, typer.Argument(help="SQL over the views videos, clips, frames, transcripts, documents")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
+    sql: Annotated[
+        str, typer.Argument(metavar="SQL", help="SQL over the views videos, clips, frames, transcripts, documents")
+    ],
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="table|csv|json", help="output format")] = "table",
 ) -> None:
     """Run SQL over the corpus tables."""
     from cosmo_data.corpus.query import QueryError, run_query
@@ -167,10 +177,14 @@ def query(
 
 @app.command()
 def preview(
-    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
-    html: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path("preview.html"),
-    n: Annotated[int, typer.Option("--n", help="documents to show")] = 20,
-    where: Annotated[Optional[str], typer.Option(help="SQL condition over videos, e.g. \"language = 'en'\"")] = None,
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
+    html: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="HTML file to write")] = Path(
+        "preview.html"
+    ),
+    n: Annotated[int, typer.Option("--n", metavar="N", help="documents to show")] = 20,
+    where: Annotated[
+        Optional[str], typer.Option(metavar="SQL", help="SQL condition over videos, e.g. \"language = 'en'\"")
+    ] = None,
 ) -> None:
     """Write one self-contained HTML page showing documents with their keyframes inline."""
     from cosmo_data.corpus.preview import write_preview
@@ -185,7 +199,9 @@ def preview(
 
 
 @app.command()
-def validate(out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")]) -> None:
+def validate(
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
+) -> None:
     """Check shards, sizes.json and tables against the schemas and each other."""
     from cosmo_data.corpus.validate import validate as run_validate
     from cosmo_data.corpus.validation_report import format_report
@@ -199,13 +215,18 @@ def validate(out: Annotated[str, typer.Argument(help="a built corpus (folder or 
 
 @app.command()
 def dedup(
-    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
     threshold: Annotated[
         float,
-        typer.Option(min=-1.0, max=1.0, help="cosine similarity of keyframe embeddings at which a copy is a duplicate"),
+        typer.Option(
+            min=-1.0,
+            max=1.0,
+            metavar="COSINE",
+            help="cosine similarity of keyframe embeddings at which a copy is a duplicate",
+        ),
     ] = 0.95,
     clusters: Annotated[
-        Optional[int], typer.Option(min=1, help="k-means clusters (default: the square root of the items)")
+        Optional[int], typer.Option(min=1, metavar="N", help="k-means clusters (default: the square root of the items)")
     ] = None,
 ) -> None:
     """Mark exact and near-duplicate videos and clips (duplicate_of names the copy kept); their documents
@@ -232,11 +253,13 @@ def dedup(
 
 @app.command("filter")
 def filter_(
-    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config whose curation: rules to apply")],
+    out: Annotated[str, typer.Argument(metavar="CORPUS", help="a built corpus (folder or s3://bucket/prefix)")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", metavar="FILE", help="YAML config whose curation: rules to apply")
+    ],
     set_: Annotated[
         Optional[list[str]],
-        typer.Option("--set", help="override a rule, e.g. --set curation.clip.min_brightness=20"),
+        typer.Option("--set", metavar="KEY=VALUE", help="override a rule, e.g. --set curation.clip.min_brightness=20"),
     ] = None,
 ) -> None:
     """Apply curation rules again from the stored signals (no decoding, no model) and rewrite tables and
@@ -265,7 +288,9 @@ def filter_(
 
 @app.command()
 def models(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config naming the models")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML config naming the models")
+    ] = None,
 ) -> None:
     """Download the configured models' real weights ahead of time (for clusters without internet)."""
     from cosmo_data.models import ModelError, download_models
@@ -285,14 +310,22 @@ def models(
 @app.command()
 def train(
     shards: Annotated[
-        list[str], typer.Argument(help="folders of .tar shards (any layout), or name=weight:folder for a mixture")
+        list[str],
+        typer.Argument(
+            metavar="SHARDS...", help="folders of .tar shards (any layout), or name=weight:folder for a mixture"
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (resumes a run already there)")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML training config")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="total optimizer steps of the run")] = None,
-    nproc: Annotated[int, typer.Option(help="processes through torch.distributed (gloo on CPU, nccl on GPU)")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="run folder (resumes a run already there)")],
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML training config")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(metavar="N", help="total optimizer steps of the run")] = None,
+    nproc: Annotated[
+        int, typer.Option(metavar="N", help="processes through torch.distributed (gloo on CPU, nccl on GPU)")
+    ] = 1,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set optim.lr=1e-4")
+        Optional[list[str]],
+        typer.Option("--set", metavar="KEY=VALUE", help="override a config value, e.g. --set optim.lr=1e-4"),
     ] = None,
 ) -> None:
     """Pretrain the bundled COSMO-style model on the shards; metrics in OUT/metrics.jsonl."""
@@ -308,7 +341,9 @@ def train(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="where the demo corpus goes")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="where the demo corpus goes")] = Path(
+        "demo-out"
+    ),
 ) -> None:
     """Generate sample videos and build a corpus from them offline with tiny models, then print its stats."""
     from cosmo_data.corpus.stats import compute_stats, format_stats

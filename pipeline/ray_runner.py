@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -158,7 +159,9 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     one is sized for this build's stages, and left to the interpreter's exit Ray's hook would first
     sleep 0.5 s. A Ray the caller had started already is the caller's, and is left running.
     """
-    # Ray's C++ core logs harmless warnings (and retries) to the console; read when it starts.
+    # The driver's C++ core prints its errors on the console too, and Ray Data's actor pools make it say
+    # one per pool (core_worker.cc: constructor arguments in the object store with max_restarts set):
+    # only fatal ones. The notice that it read this variable is hidden below.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     import ray
 
@@ -167,10 +170,11 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
     started_here = not ray.is_initialized()
     if started_here:
         started = time.time()
-        if address:
-            _join(address)
-        else:
-            _start_embedded(groups, videos)
+        with _detached_from_terminal():
+            if address:
+                _join(address)
+            else:
+                _start_embedded(groups, videos)
         trace(trace_path, "ray_init", start=started, end=time.time())
     try:
         yield _describe(groups, embedded=started_here and not address)
@@ -179,6 +183,46 @@ def ray_for_build(address: str | None, stages: list[Stage], videos: int) -> Iter
             started = time.time()
             ray.shutdown()
             trace(trace_path, "ray_shutdown", start=started, end=time.time())
+
+
+LOG_LEVEL_NOTICE = "Set ray log level from environment variable"
+
+
+@contextmanager
+def _detached_from_terminal() -> Iterator[None]:
+    """While ray.init starts Ray's processes, which inherit this process's stdin and stderr:
+
+    - stdin is /dev/null. Started from a shell, Ray's workers share its terminal from a background
+      process group, and the kernel stops one that touches the terminal (SIGTTIN/SIGTTOU). Importing
+      PySceneDetect runs `ffmpeg -v quiet` with the inherited stdin, which does: every video worker
+      stopped in its setup, and a build typed at a prompt hung at 0 videos.
+    - stderr is caught, and passed on in order without the notice Ray's C++ core prints that it read
+      RAY_BACKEND_LOG_LEVEL (logging.cc:303: "Set ray log level from environment variable ...").
+    """
+    saved: dict[int, int] = {}
+    try:
+        for fd in (0, 2):
+            saved[fd] = os.dup(fd)
+    except OSError:  # no such stream to keep apart
+        pass
+    sys.stderr.flush()
+    with open(os.devnull, "rb") as nothing, tempfile.TemporaryFile() as caught:
+        if 0 in saved:
+            os.dup2(nothing.fileno(), 0)
+        if 2 in saved:
+            os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if LOG_LEVEL_NOTICE not in line:
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _join(address: str) -> None:

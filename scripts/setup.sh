@@ -22,5 +22,23 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+# Shows pip's own progress (each package it collects; on a terminal one refreshing line) and its verdict;
+# the rest of what pip says goes to the log, printed only when the install fails.
+log=.venv/install.log
+echo "installing cosmo-data and its Python packages into .venv (pip's log: $log)"
+.venv/bin/pip install -q --upgrade pip >"$log" 2>&1
+tty=0
+[ -t 1 ] && tty=1
+set +e
+.venv/bin/pip install -e ".[test]" 2>&1 | tee -a "$log" | awk -v tty="$tty" '
+  function show(text) { if (tty) printf "\r\033[K%s", text; else print text; fflush() }
+  /^Collecting / { n++; show("  collecting " n ": " $2) }
+  /^Installing collected packages/ { show("  installing " NF - 3 (NF == 4 ? " package" : " packages") "...") }
+  /^Successfully installed/ { show("  installed " NF - 2 (NF == 3 ? " package" : " packages")); if (tty) print "" }'
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ]; then
+  echo "pip failed (exit $status); the end of $log:"
+  tail -n 30 "$log"
+  exit "$status"
+fi

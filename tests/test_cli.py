@@ -124,3 +124,26 @@ def test_retry_options_reach_the_build(tmp_path, monkeypatch, options, expected)
     )
     assert result.exit_code == 0, result.output
     assert seen["retry"] == expected
+
+
+def test_help_shows_what_a_user_types():
+    """Options read as typed (`--set KEY=VALUE`, a bare `--retry-failed`), never as Python types (`<bool>`)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from cosmo_data.cli import app
+
+    runner = CliRunner()
+    commands = list(typer.main.get_command(app).commands)
+    assert {"build", "stats", "train"} <= set(commands)
+    for command in [None, *commands]:
+        result = runner.invoke(app, [command, "--help"] if command else ["--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        options = [line.strip() for line in result.output.splitlines() if line.lstrip().startswith("-")]
+        assert any(line.startswith("--help") for line in options), result.output
+        for line in options:
+            assert "<" not in line.split("  ")[0], f"{command}: {line}"
+    build_help = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"}).output
+    for typed in ("--source SOURCE", "--out DIR", "--config FILE", "--set KEY=VALUE", "--ray-address ADDRESS"):
+        assert typed in build_help
+    assert "--retry-failed " in build_help and "--retry-failed <" not in build_help

@@ -300,6 +300,9 @@ def test_default_build_starts_its_own_ray_beside_a_running_one(ray_cluster, shor
     ray_used = json.loads((tmp_path / "out" / "build.json").read_text())["ray"]
     assert ray_used["embedded"] and not ray_used["address"].endswith(":" + ray_cluster.address.rpartition(":")[2])
     assert "WARNING" not in stderr  # Ray's notice that it turned token authentication on stays out
+    # Nothing but the build's own lines: no Ray C++ core line ("logging.cc:303: Set ray log level ...").
+    assert [line for line in stderr.splitlines() if not line.startswith(("progress:", "warning:"))] == []
+    assert "progress: 1/1 videos, 0 failed" in stderr
 
 
 @pytest.mark.slow
@@ -336,3 +339,31 @@ def test_the_shipped_gpu_config_fits_one_gpu():
     pools = worker_groups(make_stages(config))
     asked = sum(group[0].resources.gpus * group[0].resources.concurrency for group in pools)
     assert 0 < asked <= 1.0
+
+
+def test_ray_starts_detached_from_the_terminal(capfd):
+    """Ray's processes, started inside, read no terminal (the kernel stops a background process that
+    does: builds typed at a prompt hung), and Ray's notice that it read RAY_BACKEND_LOG_LEVEL is dropped
+    from stderr while all else written there is passed on."""
+    from cosmo_data.pipeline.ray_runner import _detached_from_terminal
+
+    notice = "[2026-12-07 05:07:23,500 I 1 1] logging.cc:303: Set ray log level from environment variable X to 3"
+    keyboard, typing = os.pipe()  # stands for the terminal: an stdin that is not /dev/null
+    original_stdin = os.dup(0)
+    os.dup2(keyboard, 0)
+    try:
+        with _detached_from_terminal():
+            child = subprocess.run(
+                ["sh", "-c", f"readlink /proc/self/fd/0; echo '{notice}' >&2; echo 'a real error' >&2"],
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            os.write(2, b"the driver's own line\n")
+        assert os.fstat(0).st_ino == os.fstat(keyboard).st_ino  # the driver's stdin is back
+    finally:
+        os.dup2(original_stdin, 0)
+        for fd in (original_stdin, keyboard, typing):
+            os.close(fd)
+    assert child.stdout.strip() == os.devnull
+    assert capfd.readouterr().err == "a real error\nthe driver's own line\n"
