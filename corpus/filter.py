@@ -18,17 +18,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from cosmo_data.corpus.rewrite import (
-    RewriteSummary,
-    finish_pending_rewrite,
-    read_tables,
-    rewrite_corpus,
-)
+from cosmo_data.corpus.rewrite import RewriteSummary, read_tables, rewrite_corpus
 from cosmo_data.schemas.config import CurationConfig
 from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.records import FILTERED, OK
 from cosmo_data.stages import rules
 from cosmo_data.storage import AnyPath, location
+from cosmo_data.storage.corpus_state import corpus_lock
 
 
 @dataclass
@@ -123,12 +119,18 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
             drop_video(video, rule, f"fails curation rule {rule}")
             live.discard(video_id)
 
+    # A keyframe failing a scored rule (NSFW) takes its clip with it, as in the build: the footage leaves
+    # the COSMO layout, and the keyframe's caption every layout's text (corpus/edits.py).
+    clip_rows = {(clip["video_id"], clip["clip_idx"]): clip for clip in clips}
     for frame in frames:
         if frame["video_id"] in live and _ok(frame):
             rule = rules.scored_frame_failure(curation.frame, nsfw=frame["nsfw"])
             if rule:
                 drop(frame, "frames", rule)
                 count(frame["video_id"], rule)
+                clip = clip_rows.get((frame["video_id"], frame["clip_idx"]))
+                if clip is not None and _ok(clip):
+                    drop(clip, "clips", rule)
 
     # A document whose images all went now is filtered with its video by rewrite_corpus, as in the build.
     ok_frames = {(f["video_id"], f["frame_idx"]): f for f in frames if _ok(f)}
@@ -156,13 +158,15 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
     return summary
 
 
-def filter_corpus(corpus: AnyPath | str, curation: CurationConfig) -> FilterSummary:
-    """Re-apply the rules to a built corpus and rewrite it (old files intact until the new are complete)."""
+def filter_corpus(corpus: AnyPath | str, curation: CurationConfig, *, record: bool = True) -> FilterSummary:
+    """Re-apply the rules to a built corpus and rewrite it (old files intact until the new are complete),
+    under the corpus's lock. record: keep the rules in _state/ for groups a later build writes again."""
     corpus = location(corpus)
-    finish_pending_rewrite(corpus)
-    tables = read_tables(corpus)
-    summary = apply_rules(tables, curation, captions=_built_with_captions(corpus))
-    summary.rewrite = rewrite_corpus(corpus, tables)
+    with corpus_lock(corpus, "filter"):
+        tables = read_tables(corpus)  # a pending rewrite finished first
+        summary = apply_rules(tables, curation, captions=_built_with_captions(corpus))
+        step = {"command": "filter", "curation": curation.model_dump(mode="json")} if record else None
+        summary.rewrite = rewrite_corpus(corpus, tables, step)
     return summary
 
 
