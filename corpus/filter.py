@@ -166,7 +166,8 @@ def filter_corpus(corpus: AnyPath | str, curation: CurationConfig, *, record: bo
         tables = read_tables(corpus)  # a pending rewrite finished first
         summary = apply_rules(tables, curation, captions=_built_with_captions(corpus))
         step = {"command": "filter", "curation": curation.model_dump(mode="json")} if record else None
-        summary.rewrite = rewrite_corpus(corpus, tables, step)
+        if summary.dropped or record:  # applied again (record=False) and nothing new: nothing to rewrite
+            summary.rewrite = rewrite_corpus(corpus, tables, step)
     return summary
 
 

@@ -206,3 +206,25 @@ def test_a_missing_tar_of_a_finished_group_is_refused_before_anything_changes(ou
     assert "vid000_a" in shard_keys(out, "mmc4")
     assert (out / "_state" / "groups" / "000001.json").read_text() == marker
     assert not (out / "_state" / "rewrite").exists()
+
+
+@pytest.mark.parametrize("reader", ["stats", "query", "validate"])
+def test_the_readers_finish_a_rewrite_killed_while_switching_before_they_read(out, monkeypatch, reader):
+    from cosmo_data.corpus.query import run_query
+    from cosmo_data.corpus.stats import compute_stats
+
+    tables = read_tables(out)
+    tables["videos"] = with_status(tables["videos"], "video_id", {"vid004_e"}, FILTERED, "clip_brightness_min")
+    _die_after(monkeypatch, corpus_state, 10)  # group 0 switched, group 1 (vid004_e's) not
+    with pytest.raises(KeyboardInterrupt):
+        rewrite_corpus(out, tables)
+    monkeypatch.undo()
+
+    if reader == "stats":
+        assert compute_stats(out)["videos_ok"] == 5
+    elif reader == "query":
+        answer = run_query(out, "SELECT status FROM videos WHERE video_id = 'vid004_e'", "csv")
+        assert answer.split() == ["status", "filtered"]
+    else:
+        assert validate(out).problems == []
+    assert not (out / "_state" / "rewrite").exists()
