@@ -77,6 +77,8 @@ def corpus_lock(corpus: AnyPath | str, command: str) -> Iterator[None]:
         )
     mine = {**_this_process(), "command": command, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data = json.dumps(mine).encode()
+    # Folders only the lock made (a build refused before it wrote anything) go with it.
+    made = [] if isinstance(path, RemotePath) else [p for p in (path.parent, corpus) if not p.exists()]
     if isinstance(path, RemotePath):
         write_atomic(path, data)
     else:
@@ -94,6 +96,11 @@ def corpus_lock(corpus: AnyPath | str, command: str) -> Iterator[None]:
     finally:
         if _read_lock(path) == mine:
             path.unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # the command wrote there
+                break
 
 
 def pending_rewrite(corpus: AnyPath | str) -> bool:
