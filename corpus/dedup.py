@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cosmo_data.corpus.rewrite import RewriteSummary, read_tables, record_step, rewrite_corpus
+from cosmo_data.corpus.rewrite import RewriteSummary, record_step, rewrite_groups
 from cosmo_data.corpus.semantic import Batch, find_duplicates
 from cosmo_data.schemas.records import DUPLICATE, OK
 from cosmo_data.storage import AnyPath, location
@@ -96,10 +96,13 @@ def mark_exact_duplicates(corpus: AnyPath | str) -> DedupSummary:
         duplicates = exact_duplicates(corpus)
         summary = DedupSummary(exact_videos=len(duplicates))
         if duplicates:
-            tables = read_tables(corpus)
             reasons = {video_id: f"the same file as {kept} (sha256)" for video_id, kept in duplicates.items()}
-            tables["videos"] = _mark_videos(tables["videos"], duplicates, dict.fromkeys(duplicates, 1.0), reasons)
-            summary.rewrite = rewrite_corpus(corpus, tables)
+
+            def mark(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+                tables["videos"] = _mark_videos(tables["videos"], duplicates, dict.fromkeys(duplicates, 1.0), reasons)
+                return tables
+
+            summary.rewrite = rewrite_groups(corpus, mark)
     return summary
 
 
@@ -138,14 +141,17 @@ def _dedup(corpus: AnyPath, threshold: float, n_clusters: int | None, applied: d
     near_clips = _near_clips(corpus, left, priority, threshold, n_clusters)
     summary = DedupSummary(exact_videos=len(exact), near_videos=len(near_videos), near_clips=len(near_clips))
     if exact or near_videos or near_clips:
-        tables = read_tables(corpus)
         reasons = {video_id: f"the same file as {kept} (sha256)" for video_id, kept in exact.items()}
         reasons |= {video_id: f"a near-duplicate of {kept}" for video_id, (kept, _) in near_videos.items()}
         kept_of = exact | {video_id: kept for video_id, (kept, _) in near_videos.items()}
         similarity = dict.fromkeys(exact, 1.0) | {video_id: sim for video_id, (_, sim) in near_videos.items()}
-        tables["videos"] = _mark_videos(tables["videos"], kept_of, similarity, reasons)
-        tables["clips"] = _mark_clips(tables["clips"], near_clips)
-        summary.rewrite = rewrite_corpus(corpus, tables, applied)
+
+        def mark(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+            tables["videos"] = _mark_videos(tables["videos"], kept_of, similarity, reasons)
+            tables["clips"] = _mark_clips(tables["clips"], near_clips)
+            return tables
+
+        summary.rewrite = rewrite_groups(corpus, mark, applied)
     return summary
 
 

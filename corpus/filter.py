@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from cosmo_data.corpus.rewrite import RewriteSummary, read_tables, rewrite_corpus
+from cosmo_data.corpus.rewrite import RewriteSummary, rewrite_groups
 from cosmo_data.schemas.config import CurationConfig
 from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.records import FILTERED, OK
 from cosmo_data.stages import rules
 from cosmo_data.storage import AnyPath, location
-from cosmo_data.storage.corpus_state import corpus_lock
 
 
 @dataclass
@@ -159,15 +158,22 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
 
 
 def filter_corpus(corpus: AnyPath | str, curation: CurationConfig, *, record: bool = True) -> FilterSummary:
-    """Re-apply the rules to a built corpus and rewrite it (old files intact until the new are complete),
-    under the corpus's lock. record: keep the rules in _state/ for groups a later build writes again."""
+    """Re-apply the rules to a built corpus and rewrite it group by group (old files intact until the new
+    are complete), under the corpus's lock. record: keep the rules in _state/ for groups a later build
+    writes again."""
     corpus = location(corpus)
-    with corpus_lock(corpus, "filter"):
-        tables = read_tables(corpus)  # a pending rewrite finished first
-        summary = apply_rules(tables, curation, captions=_built_with_captions(corpus))
-        step = {"command": "filter", "curation": curation.model_dump(mode="json")} if record else None
-        if summary.dropped or record:  # applied again (record=False) and nothing new: nothing to rewrite
-            summary.rewrite = rewrite_corpus(corpus, tables, step)
+    captions = _built_with_captions(corpus)
+    summary = FilterSummary()
+
+    def change(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+        for rule, dropped in apply_rules(tables, curation, captions=captions).dropped.items():
+            for table, n in dropped.items():
+                summary.dropped.setdefault(rule, {}).setdefault(table, 0)
+                summary.dropped[rule][table] += n
+        return tables
+
+    step = {"command": "filter", "curation": curation.model_dump(mode="json")} if record else None
+    summary.rewrite = rewrite_groups(corpus, change, step)
     return summary
 
 

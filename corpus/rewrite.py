@@ -22,10 +22,11 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cosmo_data.corpus.edits import (
@@ -101,30 +102,70 @@ def record_step(corpus: AnyPath | str, step: dict) -> None:
 
 
 def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table], applied: dict | None = None) -> RewriteSummary:
-    """Rewrite every table part and shard of a finished build from these whole tables (see the module).
+    """Rewrite a finished build from these whole tables (see the module).
 
     tables: every table of TABLES, whole, as read_tables gave them and then changed; status "ok" or not
     on videos, documents, clips and frames decides what leaves. applied: the step to record (e.g.
     {"command": "filter", "curation": {...}}), or None. Under the corpus's lock; refused when a pending
     rewrite was found meanwhile (the tables were read from a corpus half switched)."""
+    missing = sorted(set(TABLES) - set(tables))
+    if missing:
+        raise RewriteError(f"tables missing for the rewrite: {', '.join(missing)}")
     corpus = location(corpus)
+    videos = tables["videos"]
+    per_group = _videos_per_group(corpus)
+    group_of = dict(zip(videos["video_id"].to_pylist(), (i // per_group for i in videos["source_index"].to_pylist())))
+    by_group = {name: _split(table, group_of) for name, table in tables.items()}
+    empty = {name: schema.empty_table() for name, schema in TABLES.items()}
     with corpus_lock(corpus, "rewrite"):
         if pending_rewrite(corpus):
             raise RewriteError(
                 f"{corpus} holds a rewrite still being switched in: read the tables again after it is finished"
             )
-        finish_pending_rewrite(corpus)  # drops the staging of a rewrite killed before it was complete
-        return _rewrite(corpus, tables, applied)
+        return rewrite_groups(
+            corpus, lambda group, _: {name: by_group[name].get(group, empty[name]) for name in TABLES}, applied
+        )
 
 
-def _rewrite(corpus: AnyPath, tables: dict[str, pa.Table], applied: dict | None) -> RewriteSummary:
+def rewrite_groups(
+    corpus: AnyPath | str,
+    change: Callable[[int, dict[str, pa.Table]], dict[str, pa.Table]],
+    applied: dict | None = None,
+) -> RewriteSummary:
+    """Rewrite a finished build group by group: change(group, its tables as its parts hold them) returns
+    them changed (statuses, document rows); only one group's tables are in memory at a time, and a group
+    whose tables come back as they were keeps its files. applied: as for rewrite_corpus. Under the
+    corpus's lock, after a pending rewrite is finished."""
+    corpus = location(corpus)
+    with corpus_lock(corpus, "rewrite"):
+        finish_pending_rewrite(corpus)  # or drops the staging of one killed before it was complete
+        return _rewrite(corpus, change, applied)
+
+
+def _split(table: pa.Table, group_of: dict[str, int]) -> dict[int, pa.Table]:
+    """The table's rows by their video's group: one sort, then slices (not a scan per group)."""
+    groups = np.array([group_of.get(v, -1) for v in table["video_id"].to_pylist()], np.int64)
+    order = np.argsort(groups, kind="stable")
+    table, groups = table.take(pa.array(order)), groups[order]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.array([], np.int64)
+    ends = np.r_[starts[1:], len(groups)]
+    return {int(groups[s]): table.slice(s, e - s) for s, e in zip(starts, ends)}
+
+
+def _read_group(corpus: AnyPath, name: str) -> dict[str, pa.Table]:
+    tables = {}
+    for table, schema in TABLES.items():
+        path = corpus / table / f"part-{name}.parquet"
+        tables[table] = (
+            conform(pq.read_table(io.BytesIO(path.read_bytes())), schema) if path.exists() else schema.empty_table()
+        )
+    return tables
+
+
+def _rewrite(corpus: AnyPath, change, applied: dict | None) -> RewriteSummary:
     markers = _read_markers(corpus)
     if not markers:
         raise RewriteError(f"{corpus} has no finished group (_state/groups/*.json): not a finished build")
-    per_group = _videos_per_group(corpus)
-    missing = sorted(set(TABLES) - set(tables))
-    if missing:
-        raise RewriteError(f"tables missing for the rewrite: {', '.join(missing)}")
     formats = (
         sorted(p.name for p in (corpus / "shards").iterdir() if p.is_dir()) if (corpus / "shards").is_dir() else []
     )
@@ -135,18 +176,6 @@ def _rewrite(corpus: AnyPath, tables: dict[str, pa.Table], applied: dict | None)
             f"{corpus} lacks {len(absent)} tar(s) of finished groups ({', '.join(absent[:3])}): their samples cannot "
             "be rewritten; remove those groups' _state/groups/<group>.json and rerun the build to write them again"
         )
-    tables = {name: conform(tables[name], schema) for name, schema in TABLES.items()}
-    tables["documents"] = _documents_follow_videos(tables["documents"], tables["videos"])
-    tables, edits = edit_documents(tables)
-    videos = tables["videos"]
-    group_of = {
-        video_id: index // per_group
-        for video_id, index in zip(videos["video_id"].to_pylist(), videos["source_index"].to_pylist())
-    }
-    if "cosmo" in formats:
-        tables, edits = _without_clipless_cosmo_samples(corpus, tables, edits, group_of)
-    kept = kept_documents(tables)
-
     staging = corpus / STATE_DIR / REWRITE_STAGING
     remove_tree(staging)
     staged: list[str] = []
@@ -158,23 +187,35 @@ def _rewrite(corpus: AnyPath, tables: dict[str, pa.Table], applied: dict | None)
     summary = RewriteSummary(groups=len(markers), videos_ok=0)
     for group, marker in sorted(markers.items()):
         name = f"{group:06d}"
-        members = pa.array(sorted(v for v, g in group_of.items() if g == group), pa.string())
-        for table_name, table in tables.items():
-            sink = io.BytesIO()
-            pq.write_table(table.filter(pc.is_in(table["video_id"], members)), sink)
-            stage(f"{table_name}/part-{name}.parquet", sink.getvalue())
-        videos = tables["videos"]
-        statuses = Counter(videos.filter(pc.is_in(videos["video_id"], members))["status"].to_pylist())
-        marker["ok"] = statuses.pop(OK, 0)
-        marker["failures"] = dict(sorted(statuses.items()))
+        before = _read_group(corpus, name)
+        tables = {table: conform(part, TABLES[table]) for table, part in change(group, dict(before)).items()}
+        tables["documents"] = _documents_follow_videos(tables["documents"], tables["videos"])
+        tables, edits = edit_documents(tables)
+        if "cosmo" in formats and edits:
+            tables, edits = _without_clipless_cosmo_samples(corpus / "shards" / "cosmo" / f"{name}.tar", tables, edits)
+        changed = any(not tables[table].equals(before[table]) for table in TABLES)
+        if changed:
+            kept = kept_documents(tables)
+            for table_name, table in tables.items():
+                sink = io.BytesIO()
+                pq.write_table(table, sink)
+                stage(f"{table_name}/part-{name}.parquet", sink.getvalue())
+            statuses = Counter(tables["videos"]["status"].to_pylist())
+            marker["ok"] = statuses.pop(OK, 0)
+            marker["failures"] = dict(sorted(statuses.items()))
         summary.videos_ok += marker["ok"]
         for fmt in formats:
-            data, n_kept, n_removed = filter_tar((corpus / "shards" / fmt / f"{name}.tar").read_bytes(), kept, edits)
-            stage(f"shards/{fmt}/{name}.tar", data)
-            marker.setdefault("samples", {})[fmt] = n_kept
+            n_kept, n_removed = marker.get("samples", {}).get(fmt, 0), 0
+            if changed:
+                data, n_kept, n_removed = filter_tar(
+                    (corpus / "shards" / fmt / f"{name}.tar").read_bytes(), kept, edits
+                )
+                stage(f"shards/{fmt}/{name}.tar", data)
+                marker.setdefault("samples", {})[fmt] = n_kept
             summary.samples[fmt] = summary.samples.get(fmt, 0) + n_kept
             summary.samples_removed[fmt] = summary.samples_removed.get(fmt, 0) + n_removed
-        stage(f"{STATE_DIR}/groups/{name}.json", _json(marker))
+        if changed:
+            stage(f"{STATE_DIR}/groups/{name}.json", _json(marker))
     for fmt in formats:
         sizes = {f"{g:06d}.tar": markers[g].get("samples", {}).get(fmt, 0) for g in sorted(markers)}
         for sizes_name in SIZES_FILES:
@@ -196,14 +237,10 @@ def _rewrite(corpus: AnyPath, tables: dict[str, pa.Table], applied: dict | None)
     return summary
 
 
-def _without_clipless_cosmo_samples(corpus, tables, edits, group_of):
-    """Filter the documents whose COSMO sample an edit would leave without a clip (read from the groups'
-    COSMO tars that hold an edited sample), as the build filters a document one layout cannot hold."""
-    documents = dict(zip(tables["documents"]["doc_id"].to_pylist(), tables["documents"]["video_id"].to_pylist()))
-    groups = {group_of[documents[doc_id]] for doc_id in edits if documents.get(doc_id) in group_of}
-    emptied: set[str] = set()
-    for group in sorted(groups):
-        emptied |= emptied_cosmo_samples((corpus / "shards" / "cosmo" / f"{group:06d}.tar").read_bytes(), edits)
+def _without_clipless_cosmo_samples(cosmo_tar: AnyPath, tables, edits):
+    """Filter the documents whose COSMO sample an edit would leave without a clip (read from the group's
+    COSMO tar), as the build filters a document one layout cannot hold."""
+    emptied = emptied_cosmo_samples(cosmo_tar.read_bytes(), edits)
     if not emptied:
         return tables, edits
     message = "its COSMO sample lost every clip to the rules"
