@@ -21,6 +21,7 @@ import json
 import re
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,8 @@ class SampleEdit:
     matched: dict[int, tuple[int, float]] = field(default_factory=dict)
     captions: dict[int, str] = field(default_factory=dict)
     removed_words: int = 0
+    # The caller's own edit of the sample's json (any layout), made after these (rewrite_groups' GroupChange).
+    then: Callable[[dict], dict] | None = None
 
     def apply(self, sample: dict) -> dict:
         """Any layout's json with the edit made (native, mmc4, cosmo)."""
@@ -81,7 +84,7 @@ class SampleEdit:
                     pairs.append((entry, source))
             sample["clips"] = json.dumps([entry for entry, _ in pairs], ensure_ascii=False)
             sample["source_clips"] = [source for _, source in pairs]
-        return sample
+        return self.then(sample) if self.then else sample
 
     def _row(self, values: list) -> list:
         return [value for k, value in enumerate(values) if k not in self.sentences] if self.sentences else values

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from cosmo_data.corpus.edits import (
     EMPTY_SAMPLE,
+    SampleEdit,
     edit_documents,
     emptied_cosmo_samples,
     filter_documents,
@@ -51,6 +52,15 @@ from cosmo_data.storage.corpus_state import (
 
 # The curation steps applied to the corpus since it was built, in order (corpus/reapply.py).
 APPLIED = "curation.json"
+
+
+@dataclass
+class GroupChange:
+    """What a rewrite_groups change makes of a group: its tables, and its own edit of some documents'
+    samples (doc_id: a function from a sample's json, any layout, to the new one), e.g. a new text."""
+
+    tables: dict[str, pa.Table]
+    samples: dict[str, Callable[[dict], dict]] = field(default_factory=dict)
 
 
 class RewriteError(Exception):
@@ -129,12 +139,13 @@ def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table], applied: 
 
 def rewrite_groups(
     corpus: AnyPath | str,
-    change: Callable[[int, dict[str, pa.Table]], dict[str, pa.Table]],
+    change: Callable[[int, dict[str, pa.Table]], dict[str, pa.Table] | GroupChange],
     applied: dict | None = None,
 ) -> RewriteSummary:
     """Rewrite a finished build group by group: change(group, its tables as its parts hold them) returns
-    them changed (statuses, document rows); only one group's tables are in memory at a time, and a group
-    whose tables come back as they were keeps its files. applied: as for rewrite_corpus. Under the
+    them changed (statuses, document rows), or a GroupChange that also edits samples; only one group's
+    tables are in memory at a time, and a group whose tables come back as they were (and no sample edit)
+    keeps its files. applied: as for rewrite_corpus. Under the
     corpus's lock, after a pending rewrite is finished."""
     corpus = location(corpus)
     with corpus_lock(corpus, "rewrite"):
@@ -188,12 +199,16 @@ def _rewrite(corpus: AnyPath, change, applied: dict | None) -> RewriteSummary:
     for group, marker in sorted(markers.items()):
         name = f"{group:06d}"
         before = _read_group(corpus, name)
-        tables = {table: conform(part, TABLES[table]) for table, part in change(group, dict(before)).items()}
+        changes = change(group, dict(before))
+        changes = changes if isinstance(changes, GroupChange) else GroupChange(changes)
+        tables = {table: conform(part, TABLES[table]) for table, part in changes.tables.items()}
         tables["documents"] = _documents_follow_videos(tables["documents"], tables["videos"])
         tables, edits = edit_documents(tables)
+        for doc_id, then in changes.samples.items():
+            edits.setdefault(doc_id, SampleEdit(set(), set())).then = then
         if "cosmo" in formats and edits:
             tables, edits = _without_clipless_cosmo_samples(corpus / "shards" / "cosmo" / f"{name}.tar", tables, edits)
-        changed = any(not tables[table].equals(before[table]) for table in TABLES)
+        changed = bool(changes.samples) or any(not tables[table].equals(before[table]) for table in TABLES)
         if changed:
             kept = kept_documents(tables)
             for table_name, table in tables.items():

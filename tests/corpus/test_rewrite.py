@@ -228,3 +228,36 @@ def test_the_readers_finish_a_rewrite_killed_while_switching_before_they_read(ou
     else:
         assert validate(out).problems == []
     assert not (out / "_state" / "rewrite").exists()
+
+
+def test_a_group_change_with_its_own_sample_edits_rewrites_only_that_group(out):
+    # What `narrate` does through rewrite_groups: new text in a document's row and in its samples.
+    def retold(sample: dict) -> dict:
+        if "text_list" in sample:
+            sample["text_list"] = ["retold"] + sample["text_list"][1:]
+        return sample
+
+    def change(group: int, tables: dict[str, pa.Table]) -> rewrite.GroupChange:
+        if group != 0:
+            return rewrite.GroupChange(tables)
+        rows = tables["documents"].to_pylist()
+        for row in rows:
+            if row["doc_id"] == "vid001_b":
+                row["text_list"] = ["retold"] + row["text_list"][1:]
+        tables["documents"] = pa.Table.from_pylist(rows, schema=tables["documents"].schema)
+        return rewrite.GroupChange(tables, {"vid001_b": retold})
+
+    untouched = (out / "shards" / "mmc4" / "000001.tar").read_bytes()
+    summary = rewrite.rewrite_groups(out, change, {"command": "narrate"})
+
+    assert summary.samples_removed == {"cosmo": 0, "mmc4": 0, "native": 0}
+    assert (out / "shards" / "mmc4" / "000001.tar").read_bytes() == untouched
+    import tarfile
+
+    with tarfile.open(out / "shards" / "mmc4" / "000000.tar") as tar:
+        sample = json.loads(tar.extractfile("vid001_b.json").read())
+    assert sample["text_list"][0] == "retold"
+    with connect(out) as db:
+        texts = db.execute("SELECT text_list FROM documents WHERE doc_id = 'vid001_b'").fetchone()[0]
+    assert texts[0] == "retold" and rewrite.applied_steps(out) == [{"command": "narrate"}]
+    assert validate(out).problems == []
