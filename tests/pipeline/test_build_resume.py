@@ -227,6 +227,7 @@ def test_a_retry_after_filter_and_dedup_applies_them_again_to_the_groups_it_writ
     from cosmo_data.corpus.filter import filter_corpus
     from cosmo_data.corpus.validate import validate
     from cosmo_data.schemas.config import CurationConfig
+    from cosmo_data.storage import corpus_state
 
     source = tmp_path / "ids.txt"
     source.write_text("\n".join(IDS) + "\n")
@@ -242,20 +243,32 @@ def test_a_retry_after_filter_and_dedup_applies_them_again_to_the_groups_it_writ
         IDS[5]: RATE_LIMITED,
         IDS[6]: DOWNLOAD_FAILED,
     }
+    # A stricter filter (IDS[4], 90) killed before its first move: its staged group 2 is older than the
+    # group the retry writes, so it has to be switched in before the retry, not over the retry's files.
+    real_move = corpus_state._move
+    corpus_state._move = lambda source, target: (_ for _ in ()).throw(KeyboardInterrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            filter_corpus(out, CurationConfig.model_validate({"clip": {"min_brightness": 95}}))
+    finally:
+        corpus_state._move = real_move
 
     retried = _run(source, out, seen, run_build=_build_corpus, retry_failed=set())
 
     assert retried.groups_written == 2  # groups 1 and 2, rebuilt whole under the build's own rules
-    # IDS[3] came back ok in its rebuilt group and IDS[2] was built for the first time: the filter holds both.
-    assert _statuses(out) == {**dict.fromkeys(IDS[:4], "filtered"), IDS[4]: "ok", IDS[5]: "ok", IDS[6]: DOWNLOAD_FAILED}
-    assert retried.ok == 2 and retried.failures == {"filtered": 4, DOWNLOAD_FAILED: 1}
+    # IDS[3] and IDS[4] came back ok in their rebuilt groups and IDS[2] was built for the first time: the
+    # filters hold all three, and IDS[5]'s retry is not covered by the killed filter's older files.
+    statuses = {**dict.fromkeys(IDS[:5], "filtered"), IDS[5]: "ok", IDS[6]: DOWNLOAD_FAILED}
+    assert _statuses(out) == statuses
+    assert retried.ok == 1 and retried.failures == {"filtered": 5, DOWNLOAD_FAILED: 1}
     assert retried.curation_reapplied == [
         "filter (its rules applied again): 2 videos filtered now",
         "dedup (cosine >= 0.95 again): 0 videos and 0 clips marked now",
+        "filter (its rules applied again): 1 videos filtered now",
     ]
     for fmt in FORMATS:
         shards = sorted(str(p) for p in (out / "shards" / fmt).glob("*.tar"))
-        assert sorted(s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)) == [IDS[4], IDS[5]]
+        assert [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)] == [IDS[5]]
     assert validate(out).problems == []
 
 
