@@ -121,6 +121,7 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
     # A keyframe failing a scored rule (NSFW) takes its clip with it, as in the build: the footage leaves
     # the COSMO layout, and the keyframe's caption every layout's text (corpus/edits.py).
     clip_rows = {(clip["video_id"], clip["clip_idx"]): clip for clip in clips}
+    scored: dict[str, str] = {}
     for frame in frames:
         if frame["video_id"] in live and _ok(frame):
             rule = rules.scored_frame_failure(curation.frame, nsfw=frame["nsfw"])
@@ -130,6 +131,11 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
                 clip = clip_rows.get((frame["video_id"], frame["clip_idx"]))
                 if clip is not None and _ok(clip):
                     drop(clip, "clips", rule)
+                    scored[frame["video_id"]] = rule
+    for video_id, rule in scored.items():  # as the build: a video left with no clip goes under the rule
+        if not any(_ok(clip) for key, clip in clip_rows.items() if key[0] == video_id):
+            drop_video(videos[video_id], rule, f"every clip had a keyframe that failed a rule ({rule})", counted=True)
+            live.discard(video_id)
 
     # A document whose images all went now is filtered with its video by rewrite_corpus, as in the build.
     ok_frames = {(f["video_id"], f["frame_idx"]): f for f in frames if _ok(f)}

@@ -192,3 +192,16 @@ def test_filter_rewrites_a_corpus_in_a_bucket_as_in_a_folder(corpus, s3, tmp_pat
     assert not [key for key in listed if "/_state/rewrite/" in key]
     shard = client.get_object(Bucket=bucket, Key="c/shards/mmc4/000000.tar")["Body"].read()
     assert shard == (corpus / "shards" / "mmc4" / "000000.tar").read_bytes()
+
+
+def test_a_video_whose_every_clip_had_a_flagged_keyframe_is_filtered_under_that_rule(corpus):
+    summary = filter_corpus(corpus, CurationConfig.model_validate({"frame": {"max_nsfw": 0.005}}))
+
+    assert summary.dropped["frame_max_nsfw"]["videos"] == 6
+    with connect(corpus) as db:
+        rows = db.execute("SELECT status, filter_reason, error FROM videos WHERE source_index < 6").fetchall()
+    assert set(rows) == {
+        ("filtered", "frame_max_nsfw", "every clip had a keyframe that failed a rule (frame_max_nsfw)")
+    }
+    assert all(not members(corpus, fmt) for fmt in ("native", "mmc4", "cosmo"))
+    assert validate(corpus).problems == []
