@@ -128,6 +128,8 @@ def build(
     if result.retryable:
         failures += f" ({sum(result.retryable.values())} may pass on a retry: rerun with --retry-failed)"
     reopened = f", {result.groups_reopened} reopened to retry" if result.groups_reopened else ""
+    for line in result.curation_reapplied:
+        typer.echo(f"applied again to the groups written now: {line}")
     typer.echo(
         f"\nbuilt {result.ok}/{result.sources} videos in {result.wall_s:.1f}s "
         f"({result.groups_written} groups written, {result.groups_resumed} resumed{reopened}); failures: {failures}\n"
@@ -362,14 +364,21 @@ def _build_corpus(sources: list, out, settings: BuildConfig, **options):
     in any run, so exact duplicates are marked after the last group; then the dataset card."""
     from cosmo_data.corpus.card import write_card
     from cosmo_data.corpus.dedup import mark_exact_duplicates
+    from cosmo_data.corpus.reapply import reapply_curation
     from cosmo_data.pipeline.build import build as run_build
+    from cosmo_data.storage import location
+    from cosmo_data.storage.corpus_state import corpus_lock
 
-    result = run_build(sources, out, settings, **options)
-    exact = mark_exact_duplicates(result.out)
-    if exact.exact_videos:
-        result.ok -= exact.exact_videos
-        result.failures["duplicate"] = result.failures.get("duplicate", 0) + exact.exact_videos
-    write_card(result.out)
+    # One lock over the build and its closing passes: no filter or dedup rewrites the corpus meanwhile.
+    with corpus_lock(location(out), "build"):
+        result = run_build(sources, out, settings, **options)
+        if result.groups_written:  # written under the build's rules: filter/dedup run since apply again
+            result.curation_reapplied = reapply_curation(result.out)
+        exact = mark_exact_duplicates(result.out)
+        if exact.exact_videos or result.curation_reapplied:
+            totals = json.loads((result.out / "build.json").read_text())  # the rewrites' counts
+            result.ok, result.failures = totals["ok"], totals["failures"]
+        write_card(result.out)
     return result
 
 

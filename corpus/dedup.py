@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cosmo_data.corpus.rewrite import RewriteSummary, read_tables, rewrite_corpus
+from cosmo_data.corpus.rewrite import RewriteSummary, record_step, rewrite_groups
 from cosmo_data.corpus.semantic import Batch, find_duplicates
 from cosmo_data.schemas.records import DUPLICATE, OK
 from cosmo_data.storage import AnyPath, location
+from cosmo_data.storage.corpus_state import corpus_lock, finish_pending_rewrite
 
 DEFAULT_THRESHOLD = 0.95
 # Clip ids in the search: source_index << CLIP_BITS | clip_idx (a video has far fewer clips than this).
@@ -64,7 +65,9 @@ def _videos(corpus: AnyPath) -> pa.Table:
 def exact_duplicates(corpus: AnyPath | str) -> dict[str, str]:
     """{video_id: kept video_id} for ok videos whose file is byte for byte an ok video's of a lower
     source_index (a copy that failed is no copy to keep)."""
-    videos = _videos(location(corpus))
+    corpus = location(corpus)
+    finish_pending_rewrite(corpus)  # or it would read part old tables, part new
+    videos = _videos(corpus)
     if "content_hash" not in videos.column_names:
         return {}
     rows = [
@@ -89,21 +92,40 @@ def exact_duplicates(corpus: AnyPath | str) -> dict[str, str]:
 def mark_exact_duplicates(corpus: AnyPath | str) -> DedupSummary:
     """Mark later copies of the same file as duplicates and rewrite the corpus (only when there are any)."""
     corpus = location(corpus)
-    duplicates = exact_duplicates(corpus)
-    summary = DedupSummary(exact_videos=len(duplicates))
-    if duplicates:
-        tables = read_tables(corpus)
-        reasons = {video_id: f"the same file as {kept} (sha256)" for video_id, kept in duplicates.items()}
-        tables["videos"] = _mark_videos(tables["videos"], duplicates, dict.fromkeys(duplicates, 1.0), reasons)
-        summary.rewrite = rewrite_corpus(corpus, tables)
+    with corpus_lock(corpus, "mark exact duplicates"):
+        duplicates = exact_duplicates(corpus)
+        summary = DedupSummary(exact_videos=len(duplicates))
+        if duplicates:
+            reasons = {video_id: f"the same file as {kept} (sha256)" for video_id, kept in duplicates.items()}
+
+            def mark(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+                tables["videos"] = _mark_videos(tables["videos"], duplicates, dict.fromkeys(duplicates, 1.0), reasons)
+                return tables
+
+            summary.rewrite = rewrite_groups(corpus, mark)
     return summary
 
 
 def dedup_corpus(
-    corpus: AnyPath | str, threshold: float = DEFAULT_THRESHOLD, n_clusters: int | None = None
+    corpus: AnyPath | str,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_clusters: int | None = None,
+    *,
+    record: bool = True,
 ) -> DedupSummary:
-    """Exact duplicates, then near-duplicate videos, then near-duplicate clips; one rewrite at the end."""
+    """Exact duplicates, then near-duplicate videos, then near-duplicate clips; one rewrite at the end,
+    under the corpus's lock. record: keep the step in _state/ for groups a later build writes again
+    (corpus/reapply.py), whether or not it found anything."""
     corpus = location(corpus)
+    step = {"command": "dedup", "threshold": threshold, "n_clusters": n_clusters} if record else None
+    with corpus_lock(corpus, "dedup"):
+        summary = _dedup(corpus, threshold, n_clusters, step)
+        if step is not None and summary.rewrite is None:
+            record_step(corpus, step)  # nothing found now; groups written later are still to be deduped
+    return summary
+
+
+def _dedup(corpus: AnyPath, threshold: float, n_clusters: int | None, applied: dict | None) -> DedupSummary:
     exact = exact_duplicates(corpus)
     videos = _videos(corpus)
     ok_index = {
@@ -119,14 +141,17 @@ def dedup_corpus(
     near_clips = _near_clips(corpus, left, priority, threshold, n_clusters)
     summary = DedupSummary(exact_videos=len(exact), near_videos=len(near_videos), near_clips=len(near_clips))
     if exact or near_videos or near_clips:
-        tables = read_tables(corpus)
         reasons = {video_id: f"the same file as {kept} (sha256)" for video_id, kept in exact.items()}
         reasons |= {video_id: f"a near-duplicate of {kept}" for video_id, (kept, _) in near_videos.items()}
         kept_of = exact | {video_id: kept for video_id, (kept, _) in near_videos.items()}
         similarity = dict.fromkeys(exact, 1.0) | {video_id: sim for video_id, (_, sim) in near_videos.items()}
-        tables["videos"] = _mark_videos(tables["videos"], kept_of, similarity, reasons)
-        tables["clips"] = _mark_clips(tables["clips"], near_clips)
-        summary.rewrite = rewrite_corpus(corpus, tables)
+
+        def mark(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+            tables["videos"] = _mark_videos(tables["videos"], kept_of, similarity, reasons)
+            tables["clips"] = _mark_clips(tables["clips"], near_clips)
+            return tables
+
+        summary.rewrite = rewrite_groups(corpus, mark, applied)
     return summary
 
 

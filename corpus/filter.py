@@ -18,12 +18,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from cosmo_data.corpus.rewrite import (
-    RewriteSummary,
-    finish_pending_rewrite,
-    read_tables,
-    rewrite_corpus,
-)
+from cosmo_data.corpus.rewrite import RewriteSummary, rewrite_groups
 from cosmo_data.schemas.config import CurationConfig
 from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.records import FILTERED, OK
@@ -129,12 +124,24 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
             drop_video(video, rule, f"fails curation rule {rule}")
             live.discard(video_id)
 
+    # A keyframe failing a scored rule (NSFW) takes its clip with it, as in the build: the footage leaves
+    # the COSMO layout, and the keyframe's caption every layout's text (corpus/edits.py).
+    clip_rows = {(clip["video_id"], clip["clip_idx"]): clip for clip in clips}
+    scored: dict[str, str] = {}
     for frame in frames:
         if frame["video_id"] in live and _ok(frame):
             rule = rules.scored_frame_failure(curation.frame, nsfw=frame["nsfw"])
             if rule:
                 drop(frame, "frames", rule)
                 count(frame["video_id"], rule)
+                clip = clip_rows.get((frame["video_id"], frame["clip_idx"]))
+                if clip is not None and _ok(clip):
+                    drop(clip, "clips", rule)
+                    scored[frame["video_id"]] = rule
+    for video_id, rule in scored.items():  # as the build: a video left with no clip goes under the rule
+        if not any(_ok(clip) for key, clip in clip_rows.items() if key[0] == video_id):
+            drop_video(videos[video_id], rule, f"every clip had a keyframe that failed a rule ({rule})", counted=True)
+            live.discard(video_id)
 
     # A document whose images all went now is filtered with its video by rewrite_corpus, as in the build.
     ok_frames = {(f["video_id"], f["frame_idx"]): f for f in frames if _ok(f)}
@@ -162,13 +169,23 @@ def apply_rules(tables: dict[str, pa.Table], curation: CurationConfig, *, captio
     return summary
 
 
-def filter_corpus(corpus: AnyPath | str, curation: CurationConfig) -> FilterSummary:
-    """Re-apply the rules to a built corpus and rewrite it (old files intact until the new are complete)."""
+def filter_corpus(corpus: AnyPath | str, curation: CurationConfig, *, record: bool = True) -> FilterSummary:
+    """Re-apply the rules to a built corpus and rewrite it group by group (old files intact until the new
+    are complete), under the corpus's lock. record: keep the rules in _state/ for groups a later build
+    writes again."""
     corpus = location(corpus)
-    finish_pending_rewrite(corpus)
-    tables = read_tables(corpus)
-    summary = apply_rules(tables, curation, captions=_built_with_captions(corpus))
-    summary.rewrite = rewrite_corpus(corpus, tables)
+    captions = _built_with_captions(corpus)
+    summary = FilterSummary()
+
+    def change(group: int, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+        for rule, dropped in apply_rules(tables, curation, captions=captions).dropped.items():
+            for table, n in dropped.items():
+                summary.dropped.setdefault(rule, {}).setdefault(table, 0)
+                summary.dropped[rule][table] += n
+        return tables
+
+    step = {"command": "filter", "curation": curation.model_dump(mode="json")} if record else None
+    summary.rewrite = rewrite_groups(corpus, change, step)
     return summary
 
 

@@ -20,6 +20,7 @@ import duckdb
 
 from cosmo_data.schemas.tables import TABLES
 from cosmo_data.storage import AnyPath, RemotePath, StorageError, duckdb_filesystem, location
+from cosmo_data.storage.corpus_state import finish_pending_rewrite
 
 OutputFormat = Literal["table", "csv", "json"]
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "csv", "json")
@@ -60,6 +61,7 @@ def _connect(out: AnyPath) -> duckdb.DuckDBPyConnection:
         raise QueryError(f"{out} is not a directory (expected the output folder of a build)")
     if not any((out / table).is_dir() for table in TABLES):
         raise QueryError(f"{out} is not a build output: none of {', '.join(TABLES)} is there")
+    finish_pending_rewrite(out)  # a killed filter's switch: part old tables, part new until it is
     connection = duckdb.connect()
     if isinstance(out, RemotePath):
         # DuckDB's own S3 support (httpfs) is an extension it would download; ours reads the same URIs.

@@ -28,6 +28,7 @@ from cosmo_data.corpus.validation_report import TableFacts, ValidationReport, id
 from cosmo_data.schemas.corpus_layout import STATE_DIR
 from cosmo_data.schemas.tables import TABLES
 from cosmo_data.storage import AnyPath, StorageError, location, open_binary
+from cosmo_data.storage.corpus_state import finish_pending_rewrite
 
 # ---- build state ------------------------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ def validate(out: AnyPath | str) -> ValidationReport:
         if not out.is_dir():
             report.problem(f"{out} is not a directory")
             return report
+        finish_pending_rewrite(out)  # a filter killed while switching: what every reader sees next
     except StorageError as exc:
         report.problem(str(exc))
         return report

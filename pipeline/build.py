@@ -35,6 +35,7 @@ from cosmo_data.stages.ytdlp_access import (
     redacted_settings,
 )
 from cosmo_data.storage import AnyPath, is_remote, location
+from cosmo_data.storage.corpus_state import finish_pending_rewrite
 
 
 class BuildError(Exception):
@@ -54,6 +55,8 @@ class BuildResult:
     retryable: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     ray: RayCluster | None = None  # None when every video was written before (resume) or failed early
+    # What `filter`/`dedup` had applied, applied again to the groups written now (cli.py, corpus/reapply.py).
+    curation_reapplied: list[str] = field(default_factory=list)
 
 
 def make_stages(config: BuildConfig) -> list[Stage]:
@@ -192,6 +195,7 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, build_fingerprint(rows, config), rows, config)
     writer = CorpusWriter(out, config.output.formats)
+    finish_pending_rewrite(out)  # a killed filter's switch, or its staged files would later cover new groups
     writer.recover()
     reopened: set[int] = set()
     if retry:

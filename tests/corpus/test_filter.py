@@ -135,7 +135,7 @@ def test_stricter_nsfw_and_aesthetic_rules_change_the_corpus_from_the_stored_sco
 
     assert model_calls == []
     assert summary.dropped == {
-        "frame_max_nsfw": {"frames": 1},
+        "frame_max_nsfw": {"frames": 1, "clips": 1},  # the flagged keyframe takes its clip
         "document_min_aesthetic": {"documents": 1, "videos": 1},
     }
     native = members(corpus, "native")
@@ -147,6 +147,31 @@ def test_stricter_nsfw_and_aesthetic_rules_change_the_corpus_from_the_stored_sco
     assert stats["signals"]["frames.aesthetic"]["quantiles"]["q0"] == pytest.approx(3.0)
     assert list(stats["funnel"]["steps"]) == ["frame_max_nsfw", "document_min_aesthetic"]
     assert stats["funnel"]["steps"]["frame_max_nsfw"]["frames"] == 1
+    assert validate(corpus).problems == []
+
+
+def test_a_keyframe_failing_the_nsfw_rule_takes_its_clip_and_its_caption_out_of_every_layout(corpus):
+    flagged = "a hand holding a blue rope"  # vid003's first keyframe (nsfw 0.9), over its clip 0
+    mmc4_before = json.loads(members(corpus, "mmc4")["vid003_d.json"])
+    matched_before = [mmc4_before["text_list"][i["matched_text_index"]] for i in mmc4_before["image_info"]][1:]
+
+    filter_corpus(corpus, CurationConfig.model_validate({"frame": {"max_nsfw": 0.1}}))
+
+    native, mmc4 = (json.loads(members(corpus, fmt)["vid003_d.json"]) for fmt in ("native", "mmc4"))
+    cosmo = json.loads(members(corpus, "cosmo")["vid003_d.json"])
+    assert [c["clip_idx"] for c in cosmo["source_clips"]] == [1]
+    assert flagged not in cosmo["clips"] and len(json.loads(cosmo["clips"])) == 1
+    assert [c["clip_idx"] for c in native["clips"]] == [1]
+    for sample in (native, mmc4):
+        assert flagged not in sample["text_list"]
+        assert [len(row) for row in sample["similarity_matrix"]] == [len(sample["text_list"])]
+        assert [sample["text_list"][i["matched_text_index"]] for i in sample["image_info"]] == matched_before
+    with connect(corpus) as db:
+        texts = db.execute("SELECT text_list FROM documents WHERE doc_id = 'vid003_d'").fetchone()[0]
+        clip = db.execute("SELECT status, filter_reason FROM clips WHERE video_id = 'vid003_d' AND clip_idx = 0")
+        assert clip.fetchone() == ("filtered", "frame_max_nsfw")
+    assert flagged not in texts and texts == native["text_list"]
+    assert len(list(_cosmo_examples(corpus))) == 6
     assert validate(corpus).problems == []
 
 
@@ -167,3 +192,16 @@ def test_filter_rewrites_a_corpus_in_a_bucket_as_in_a_folder(corpus, s3, tmp_pat
     assert not [key for key in listed if "/_state/rewrite/" in key]
     shard = client.get_object(Bucket=bucket, Key="c/shards/mmc4/000000.tar")["Body"].read()
     assert shard == (corpus / "shards" / "mmc4" / "000000.tar").read_bytes()
+
+
+def test_a_video_whose_every_clip_had_a_flagged_keyframe_is_filtered_under_that_rule(corpus):
+    summary = filter_corpus(corpus, CurationConfig.model_validate({"frame": {"max_nsfw": 0.005}}))
+
+    assert summary.dropped["frame_max_nsfw"]["videos"] == 6
+    with connect(corpus) as db:
+        rows = db.execute("SELECT status, filter_reason, error FROM videos WHERE source_index < 6").fetchall()
+    assert set(rows) == {
+        ("filtered", "frame_max_nsfw", "every clip had a keyframe that failed a rule (frame_max_nsfw)")
+    }
+    assert all(not members(corpus, fmt) for fmt in ("native", "mmc4", "cosmo"))
+    assert validate(corpus).problems == []

@@ -107,6 +107,8 @@ class FlakyVideoStage:
         shade = 20 * record.source_index
         record.duration_s, record.width, record.height, record.language = 4.0, 32, 24, "en"
         record.clips = [Clip(0, 0.0, 2.0, "start"), Clip(1, 2.0, 4.0, "cut")]
+        for clip in record.clips:
+            clip.brightness = shade + 10.0  # a signal `cosmo-data filter` can judge: 10, 30, 50, ...
         record.frames = [
             Frame(0, 0, 1.0, 32, 24, _jpeg((shade, 0, 0)), "a red square"),
             Frame(1, 1, 3.0, 32, 24, _jpeg((0, 0, shade)), "a blue square"),
@@ -131,7 +133,7 @@ FLAKY = {
 BROKEN = {IDS[6]: (DOWNLOAD_FAILED, "Unable to download webpage: HTTP Error 404: Not Found")}
 
 
-def _run(source: Path, out: Path, seen: Path, **options):
+def _run(source: Path, out: Path, seen: Path, *, run_build=build, **options):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -139,7 +141,7 @@ def _run(source: Path, out: Path, seen: Path, **options):
         {"output": {"videos_per_shard": 2, "formats": FORMATS, "resources": {"cpus": 1}}}
     )
     seen.mkdir(exist_ok=True)
-    return build(
+    return run_build(
         [source],
         out,
         config,
@@ -216,6 +218,58 @@ def test_retry_failed_rebuilds_only_the_groups_with_retryable_failures(tmp_path)
         for name in ("sizes.json", "num_samples.json"):
             assert (out / "shards" / fmt / name).read_text() == (clean_out / "shards" / fmt / name).read_text()
     assert not list(out.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_retry_after_filter_and_dedup_applies_them_again_to_the_groups_it_writes(tmp_path):
+    from cosmo_data.cli import _build_corpus
+    from cosmo_data.corpus.dedup import dedup_corpus
+    from cosmo_data.corpus.filter import filter_corpus
+    from cosmo_data.corpus.validate import validate
+    from cosmo_data.schemas.config import CurationConfig
+    from cosmo_data.storage import corpus_state
+
+    source = tmp_path / "ids.txt"
+    source.write_text("\n".join(IDS) + "\n")
+    out, seen = tmp_path / "out", tmp_path / "seen"
+    _run(source, out, seen, run_build=_build_corpus)  # IDS[2] (group 1) and IDS[5] (group 2) fail, retryable
+    # Clips of IDS[k] are 20k + 10 bright: the rule takes IDS[0], IDS[1] and IDS[3] (IDS[2] failed).
+    filter_corpus(out, CurationConfig.model_validate({"clip": {"min_brightness": 75}}))
+    dedup_corpus(out)  # finds nothing here (no embeddings), and is recorded all the same
+    assert _statuses(out) == {
+        **dict.fromkeys(IDS[:2] + IDS[3:4], "filtered"),
+        IDS[2]: DISK_FULL,
+        IDS[4]: "ok",
+        IDS[5]: RATE_LIMITED,
+        IDS[6]: DOWNLOAD_FAILED,
+    }
+    # A stricter filter (IDS[4], 90) killed before its first move: its staged group 2 is older than the
+    # group the retry writes, so it has to be switched in before the retry, not over the retry's files.
+    real_move = corpus_state._move
+    corpus_state._move = lambda source, target: (_ for _ in ()).throw(KeyboardInterrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            filter_corpus(out, CurationConfig.model_validate({"clip": {"min_brightness": 95}}))
+    finally:
+        corpus_state._move = real_move
+
+    retried = _run(source, out, seen, run_build=_build_corpus, retry_failed=set())
+
+    assert retried.groups_written == 2  # groups 1 and 2, rebuilt whole under the build's own rules
+    # IDS[3] and IDS[4] came back ok in their rebuilt groups and IDS[2] was built for the first time: the
+    # filters hold all three, and IDS[5]'s retry is not covered by the killed filter's older files.
+    statuses = {**dict.fromkeys(IDS[:5], "filtered"), IDS[5]: "ok", IDS[6]: DOWNLOAD_FAILED}
+    assert _statuses(out) == statuses
+    assert retried.ok == 1 and retried.failures == {"filtered": 5, DOWNLOAD_FAILED: 1}
+    assert retried.curation_reapplied == [
+        "filter (its rules applied again): 2 videos filtered now",
+        "dedup (cosine >= 0.95 again): 0 videos and 0 clips marked now",
+        "filter (its rules applied again): 1 videos filtered now",
+    ]
+    for fmt in FORMATS:
+        shards = sorted(str(p) for p in (out / "shards" / fmt).glob("*.tar"))
+        assert [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)] == [IDS[5]]
+    assert validate(out).problems == []
 
 
 def test_retryable_statuses_are_failure_kinds():
