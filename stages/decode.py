@@ -261,8 +261,9 @@ class _VideoScan:
         self._every_frame = config.scenes.detector == TRANSNETV2
         self._detect = RateSampler(config.scenes.detect_fps)
         self._detect_reformatter = VideoReformatter()
-        # The spike detector gets a tiny copy of every decoded frame, to place a cut on its frame: those
-        # since the last sample.
+        # The spike detector gets a tiny grey copy of every decoded frame, to place a cut on its frame:
+        # those since the last sample. (Grey: half the conversion of BGR, and cuts and motion differ
+        # as clearly there, stages/cuts.py.)
         self._every_tiny = config.scenes.detector == SPIKE
         self._decoded: list[tuple[float, np.ndarray]] = []
         self._tiny_reformatter = VideoReformatter()
@@ -315,7 +316,7 @@ class _VideoScan:
     def _tiny_frame(self, frame: av.VideoFrame):
         width, height = fit_width(frame.width, frame.height, CUT_ANALYSIS_WIDTH)
         return self._tiny_reformatter.reformat(
-            frame, width=width, height=height, format="bgr24", interpolation=SCALING, threads=1
+            frame, width=width, height=height, format="gray", interpolation=SCALING, threads=1
         ).to_ndarray()
 
     def _detect_frame(self, frame: av.VideoFrame):

@@ -245,6 +245,13 @@ def counts_by_kind(truth: list[TruthBoundary], found: list[tuple]) -> dict[str, 
     return counts
 
 
+def cut_frame_offsets(truth: list[TruthBoundary], found: list[tuple], fps: float) -> list[int]:
+    """For each true cut found, how many frames late (negative: early) it was placed."""
+    return [
+        round((found[j][0] - truth[i].t_s) * fps) for i, j in match_boundaries(truth, found) if truth[i].kind == "cut"
+    ]
+
+
 def f1(counts: tuple[int, int, int]) -> float:
     hits, misses, false = counts
     return 2 * hits / max(1, 2 * hits + misses + false)

@@ -190,14 +190,13 @@ def long_pan(seed: int, pixels_per_s: float, duration_s: float = 6.0) -> Callabl
 
 def run_decoded(picture, *, decoded: bool = True, duration_s: float = 6.0, rate: float = 25.0) -> list[tuple]:
     """As the decode pass feeds the detectors: frames decoded at `rate`, samples at detect_fps, each
-    with tiny copies of every frame decoded since the sample before (decoded=False: the samples alone)."""
+    with tiny grey copies of every frame decoded since the sample before (decoded=False: the samples alone)."""
     config = ScenesConfig(gradual=False)
     detector, sampler, since = SceneBoundaryDetector(config), RateSampler(config.detect_fps), []
     for index in range(int(duration_s * rate)):
         t, frame = index / rate, picture(index / rate)
-        since.append(
-            (t, cv2.resize(frame, (ANALYSIS_WIDTH, ANALYSIS_WIDTH * SIZE[1] // SIZE[0]), interpolation=cv2.INTER_AREA))
-        )
+        tiny = cv2.resize(frame, (ANALYSIS_WIDTH, ANALYSIS_WIDTH * SIZE[1] // SIZE[0]), interpolation=cv2.INTER_AREA)
+        since.append((t, cv2.cvtColor(tiny, cv2.COLOR_BGR2GRAY)))
         if sampler.take(t):
             detector.push(t, frame, since if decoded else ())
             since = []
