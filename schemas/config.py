@@ -105,7 +105,8 @@ class ScenesConfig(_Strict):
     detector: Literal["spike", "content", "adaptive", "histogram", "hash", "transnetv2"] = "spike"
     # Threshold of the chosen hard-cut detector; None keeps its default.
     threshold: float | None = None
-    # spike: a cut's difference is at least this many times that of the samples beside it.
+    # spike: a cut's difference is at least this many times that of the samples beside it (where no frame
+    # was decoded between the samples; else its frame-to-frame change decides, stages/cuts.py).
     cut_ratio: float = Field(1.7, gt=1)
     # TransNetV2: a frame whose one-frame prediction exceeds this is in a transition (0.4 as NeMo
     # Curator: fades through black peak twice near 0.5, stages/transnet.py); windows of 100

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import av
 import av.logging
+import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from cosmo_data.schemas.config import BuildConfig
@@ -41,6 +42,8 @@ from cosmo_data.schemas.records import (
 )
 from cosmo_data.stages.audio import AudioCollector
 from cosmo_data.stages.cosmo_video import CosmoVideoEncoder, read_cosmo_video
+from cosmo_data.stages.cuts import ANALYSIS_WIDTH as CUT_ANALYSIS_WIDTH
+from cosmo_data.stages.cuts import DETECTOR as SPIKE
 from cosmo_data.stages.frame_sampling import SCALING, RateSampler, fit_width
 from cosmo_data.stages.frame_signals import FrameSignals
 from cosmo_data.stages.keyframes import CandidatePool, wanted_keyframes
@@ -258,6 +261,12 @@ class _VideoScan:
         self._every_frame = config.scenes.detector == TRANSNETV2
         self._detect = RateSampler(config.scenes.detect_fps)
         self._detect_reformatter = VideoReformatter()
+        # The spike detector gets a tiny grey copy of every decoded frame, to place a cut on its frame:
+        # those since the last sample. (Grey: half the conversion of BGR, and cuts and motion differ
+        # as clearly there, stages/cuts.py.)
+        self._every_tiny = config.scenes.detector == SPIKE
+        self._decoded: list[tuple[float, np.ndarray]] = []
+        self._tiny_reformatter = VideoReformatter()
         # Curation's picture signals, from the detectors' frames (TransNetV2's are too small: for it
         # frames of the same size and rate are made for the signals alone).
         self.signals = FrameSignals()
@@ -291,14 +300,24 @@ class _VideoScan:
             self.scenes.push(t_s, small)
             if self._signal_sampler.take(t_s):
                 self.signals.add(t_s, self._detect_frame(frame))
-        elif self._detect.take(t_s):
-            self.frames_sampled += 1
-            small = self._detect_frame(frame)
-            self.scenes.push(t_s, small)
-            self.signals.add(t_s, small)
+        else:
+            if self._every_tiny:
+                self._decoded.append((t_s, self._tiny_frame(frame)))
+            if self._detect.take(t_s):
+                self.frames_sampled += 1
+                small = self._detect_frame(frame)
+                self.scenes.push(t_s, small, self._decoded if self._every_tiny else None)
+                self.signals.add(t_s, small)
+                self._decoded = []
         self.candidates.offer(t_s, frame, self.rotation)
         if self.cosmo_video is not None:
             self.cosmo_video.offer(t_s, frame)
+
+    def _tiny_frame(self, frame: av.VideoFrame):
+        width, height = fit_width(frame.width, frame.height, CUT_ANALYSIS_WIDTH)
+        return self._tiny_reformatter.reformat(
+            frame, width=width, height=height, format="gray", interpolation=SCALING, threads=1
+        ).to_ndarray()
 
     def _detect_frame(self, frame: av.VideoFrame):
         width, height = fit_width(frame.width, frame.height, self._config.scenes.detect_width)

