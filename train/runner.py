@@ -259,6 +259,7 @@ class Trainer:
                     "skipped_samples": int(sum(skips)),
                     "skipped": skip_breakdown(skips, self.sources),  # by "source/reason"
                     "mfu": flops / elapsed / (self.peak * world) if self.peak else None,
+                    "step_tflops": flops / 1e12,  # train/metrics.py's count, all ranks together
                 }
                 if log:
                     log.step(record)

@@ -5,7 +5,7 @@ cosmo follows COSMO's interleaved-video loader: json["clips"] is a JSON string o
 int(t / video_speed x avg_fps) of the mp4 (video_speed from the json, 5 in COSMO's data); the
 range is kept inside the video, cut in frames_per_clip equal parts and one frame drawn per part; a
 window of max_media adjacent clips is drawn; text "<visual>{caption}<|endofchunk|>" per clip.
-mp4s are read with PyAV.
+mp4s are read with PyAV, imported when a cosmo sample is read (mmc4 and native training need none).
 
 mmc4 and native follow OpenFlamingo's MMC4 loader: images of min_image_kb or less and those whose
 matched_sim is under sim_threshold are dropped, at most max_media kept in order, and
@@ -23,7 +23,6 @@ import json
 import random
 from dataclasses import dataclass
 
-import av
 from PIL import Image
 
 from cosmo_data.schemas.corpus_layout import COSMO_VIDEO_SPEED
@@ -73,6 +72,8 @@ def clip_frame_indices(
 
 def video_info(data: bytes) -> tuple[float, int]:
     """(average fps, frame count) of an mp4 from its header, or by counting packets where it has none."""
+    import av
+
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
@@ -85,6 +86,8 @@ def video_info(data: bytes) -> tuple[float, int]:
 
 def read_video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
     """{index: frame} for the wanted frame indices of an mp4, decoding up to the last of them."""
+    import av
+
     frames: dict[int, Image.Image] = {}
     try:
         with av.open(io.BytesIO(data)) as container:
