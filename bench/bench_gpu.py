@@ -541,6 +541,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks that every part runs")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
+    parser.add_argument(
+        "--deadline-s", type=float, default=480, help="parts that would end past this are left out (GPU runs)"
+    )
     args = parser.parse_args()
     if args.smoke:
         torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -550,10 +553,13 @@ def main() -> None:
     for name in args.parts.split(","):
         budget = SMOKE_BUDGET_S if args.smoke else BUDGETS_S[name]
         part_started = time.perf_counter()
-        try:
-            result = PARTS[name](args.smoke, budget)
-        except Exception:  # one part's failure must not cost the other parts' figures
-            result = {"error": traceback.format_exc(limit=-6)}
+        if not args.smoke and part_started - started + budget > args.deadline_s:
+            result = {"skipped": f"would end past --deadline-s {args.deadline_s:.0f} s; rerun with --parts {name}"}
+        else:
+            try:
+                result = PARTS[name](args.smoke, budget)
+            except Exception:  # one part's failure must not cost the other parts' figures
+                result = {"error": traceback.format_exc(limit=-6)}
         if torch.cuda.is_available():
             result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
             torch.cuda.empty_cache()
@@ -575,6 +581,8 @@ def main() -> None:
 def summary(result: dict[str, Any]) -> str:
     if "error" in result:
         return "ERROR " + result["error"].strip().splitlines()[-1]
+    if "skipped" in result:
+        return "SKIPPED " + result["skipped"]
     figures = []
     for key, value in result.items():
         if isinstance(value, dict):
