@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-gpu device-wheels clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,14 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_scale.py --real --out bench/results/scale_real.json
 	$(VENV)/bin/python bench/bench_train.py --out bench/results/train.json
 	$(VENV)/bin/python bench/bench_dedup.py --out bench/results/dedup.json
+
+# On a GPU machine (see docs/GPU_BENCH.md for a lent one that lacks packages): every GPU path in one run.
+bench-gpu: $(STAMP)
+	$(VENV)/bin/python bench/bench_gpu.py --out bench/results/gpu.json
+
+# The wheels bench-gpu needs that a lent GPU machine lacks, into .device-wheels/ (at most 60 MiB).
+device-wheels: $(STAMP)
+	bash scripts/device_wheels.sh
 
 clean:
 	rm -rf demo-out bench/results .pytest_cache

@@ -79,6 +79,10 @@ class DataConfig(_Strict):
     min_image_kb: float = Field(10.0, ge=0)
     sim_threshold: float = Field(0.24, ge=-1.0, le=1.0)
     max_sample_mb: float = Field(64.0, gt=0, description="larger samples are skipped and counted")
+    # Training stops when more than max_skip_rate of a window of skip_window samples drawn from one
+    # source were skipped: that source is broken and the mixture is no longer the one asked for.
+    max_skip_rate: float = Field(0.5, gt=0, le=1)
+    skip_window: int = Field(200, ge=1)
     workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
     prefetch: int = Field(2, ge=1, description="batches each worker prepares ahead")
 
@@ -102,7 +106,9 @@ class RunConfig(_Strict):
     keep_checkpoints: int = Field(10, ge=1)
     eval_every: int = Field(500, ge=1)
     eval_batches: int = Field(8, ge=1, description="micro-batches per rank per evaluation")
-    log_every: int = Field(1, ge=1, description="progress lines on stdout; metrics.jsonl gets every step")
+    # Off a terminal, seconds between progress lines (a terminal gets a live bar); metrics.jsonl and
+    # TensorBoard get every step.
+    log_every_s: float = Field(30.0, ge=0)
     parallel: Literal["ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False
     compile: bool = False

@@ -7,8 +7,8 @@ one *role* and builds whole micro-batches from a stream of its own:
   - each source is an endless sequence of shard draws: draw d streams the tar chosen by
     random.Random("{seed}/{rank}/{role}/{source}/{d}") from start to end (sampling shards with
     replacement, as webdataset's resampled shards do; samples of a tar come in tar order).
-A role's position is therefore a few integers: samples drawn, skipped samples, and per source
-(draw, samples read in that draw's tar). Every batch carries its role's position after it was built;
+A role's position is therefore a few integers: samples drawn, skipped samples, per source
+(draw, samples read in that draw's tar), its skips by reason and its current skip window. Every batch carries its role's position after it was built;
 the trainer keeps the position of the last batch it consumed from each role and checkpoints those.
 On resume a role restarts its draws from there, re-reading (without decoding) the samples of the
 current tar before its offset. The DataLoader hands out batches round-robin over its workers, so
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import random
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,11 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from cosmo_data.train.config import DataConfig, TrainError
-from cosmo_data.train.samples import DECODERS, BadSample, Example
+from cosmo_data.train.samples import DECODERS, SKIP_REASONS, BadSample, Example
 from cosmo_data.train.shards import ShardSource
-
-# Past this many skipped samples in a row the data, not a sample, is broken: stop with the last reason.
-MAX_SKIPPED_IN_A_ROW = 1000
 
 
 class Collator:
@@ -53,9 +51,9 @@ class Collator:
         is_media = torch.isin(ids, self.media_token_ids)
         kept_media = int(is_media.sum())
         if kept_media == 0:
-            raise BadSample("no media mark within max_tokens")
+            raise BadSample("no media mark within max_tokens", "no_media")
         if kept_media > len(example.media):
-            raise BadSample(f"{kept_media} media marks for {len(example.media)} media")
+            raise BadSample(f"{kept_media} media marks for {len(example.media)} media", "no_media")
         media = example.media[:kept_media]
         frames = [torch.stack([self._pixels(frame) for frame in clip[: self.data.frames_per_clip]]) for clip in media]
         return {"input_ids": ids, "is_media": is_media, "frames": frames}
@@ -63,7 +61,7 @@ class Collator:
     def _pixels(self, frame: Any) -> torch.Tensor:
         pixels = torch.from_numpy(np.asarray(self.to_pixels(frame).convert("RGB"), dtype=np.uint8).copy())
         if pixels.shape[:2] != (self.image_size, self.image_size):
-            raise BadSample(f"the transform made a {tuple(pixels.shape[:2])} image, not {self.image_size}")
+            raise BadSample(f"the transform made a {tuple(pixels.shape[:2])} image, not {self.image_size}", "no_media")
         return pixels.permute(2, 0, 1)
 
     def collate(self, encoded: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -91,8 +89,16 @@ class Collator:
         }
 
 
-def _tar_samples(url: str) -> Iterator[dict[str, Any]]:
-    return iter(tarfile_samples([{"url": url}]))
+# What reading a tar can raise: a truncated or corrupt archive, a file gone or unreadable.
+TAR_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError)
+
+
+def _tar_samples(url: str) -> Iterator[dict[str, Any] | BadSample]:
+    """The samples of one tar; where it cannot be read further, one BadSample for the rest of it."""
+    try:
+        yield from tarfile_samples([{"url": url}])
+    except TAR_ERRORS as exc:
+        yield BadSample(f"broken shard {url}: {exc}", "broken_shard")
 
 
 def _source_samples(source: ShardSource, prefix: str, position: list[int]) -> Iterator[dict[str, Any] | BadSample]:
@@ -102,16 +108,12 @@ def _source_samples(source: ShardSource, prefix: str, position: list[int]) -> It
         draw, offset = position
         url = random.Random(f"{prefix}/{source.name}/{draw}").choice(source.tars)
         produced = False
-        try:
-            for index, sample in enumerate(_tar_samples(url)):
-                if index < offset:
-                    continue
-                position[1] = index + 1
-                produced = True
-                yield sample
-        except Exception as exc:  # truncated or corrupt tar, unreadable file: the rest of this tar is lost
+        for index, sample in enumerate(_tar_samples(url)):
+            if index < offset and not isinstance(sample, BadSample):
+                continue
+            position[1] = index + 1
             produced = True
-            yield BadSample(f"broken shard {url}: {exc}")
+            yield sample
         position[0], position[1] = draw + 1, 0
         empty_draws = 0 if produced else empty_draws + 1
         if empty_draws > 10 * len(source.tars):
@@ -119,17 +121,40 @@ def _source_samples(source: ShardSource, prefix: str, position: list[int]) -> It
 
 
 def fresh_state(sources: list[ShardSource]) -> dict[str, Any]:
-    return {"samples": 0, "skipped": 0, "sources": {source.name: [0, 0] for source in sources}}
+    return {
+        "samples": 0,
+        "skipped": 0,
+        "sources": {source.name: [0, 0] for source in sources},
+        "skips": {source.name: dict.fromkeys(SKIP_REASONS, 0) for source in sources},
+        "window": {source.name: [0, 0] for source in sources},  # samples drawn, skipped in the current window
+    }
+
+
+def _check_window(source: str, window: list[int], skips: dict[str, int], data: DataConfig, last: str) -> None:
+    """At the end of each window of data.skip_window samples drawn from a source, fail if more than
+    data.max_skip_rate of them were skipped: that source is broken, and the mixture is not what was asked."""
+    drawn, skipped = window
+    if drawn < data.skip_window:
+        return
+    window[0] = window[1] = 0
+    if skipped > data.max_skip_rate * drawn:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in skips.items() if count)
+        raise TrainError(
+            f"source {source}: {skipped} of its last {drawn} samples could not be read "
+            f"(over data.max_skip_rate {data.max_skip_rate:.0%}; skipped so far: {reasons}); the last: {last}"
+        )
 
 
 def role_batches(
     sources: list[ShardSource], collator: Collator, data: DataConfig, prefix: str, state: dict[str, Any]
 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """Micro-batches of one role and its position after each (state is advanced in place)."""
+    fresh = fresh_state(sources)
+    for key in ("skips", "window"):  # positions saved before skips were counted per source
+        state.setdefault(key, fresh[key])
     streams = {source.name: _source_samples(source, prefix, state["sources"][source.name]) for source in sources}
     weights = [source.weight for source in sources]
     limit = data.max_sample_mb * 1e6
-    in_a_row = 0
     while True:
         encoded = []
         while len(encoded) < data.micro_batch:
@@ -137,20 +162,38 @@ def role_batches(
             state["samples"] += 1
             source = rng.choices(sources, weights)[0]
             sample = next(streams[source.name])
+            window = state["window"][source.name]
+            window[0] += 1
             try:
                 if isinstance(sample, BadSample):
                     raise sample
                 size = sum(len(value) for value in sample.values() if isinstance(value, bytes))
                 if size > limit:
-                    raise BadSample(f"{size / 1e6:.1f} MB is over data.max_sample_mb")
+                    raise BadSample(f"{size / 1e6:.1f} MB is over data.max_sample_mb", "too_large")
                 encoded.append(collator.encode(DECODERS[source.layout](sample, data, rng)))
-                in_a_row = 0
-            except Exception as exc:  # any sample that fails to decode is skipped and counted, never fatal
+            except BadSample as exc:  # skipped and counted; any other error is a bug and stops the run
                 state["skipped"] += 1
-                in_a_row += 1
-                if in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                    raise TrainError(f"{in_a_row} samples in a row could not be read; the last: {exc}") from exc
+                state["skips"][source.name][exc.reason] += 1
+                window[1] += 1
+                _check_window(source.name, window, state["skips"][source.name], data, str(exc))
+            else:
+                _check_window(source.name, window, state["skips"][source.name], data, "")
         yield collator.collate(encoded), copy.deepcopy(state)
+
+
+def skip_counts(states: list[dict[str, Any]], sources: list[ShardSource]) -> list[int]:
+    """Skipped samples of the roles' positions summed, one count per (source, reason) in a fixed order."""
+    return [
+        sum(state.get("skips", {}).get(source.name, {}).get(reason, 0) for state in states)
+        for source in sources
+        for reason in SKIP_REASONS
+    ]
+
+
+def skip_breakdown(counts: list[float], sources: list[ShardSource]) -> dict[str, int]:
+    """{"source/reason": count} of the non-zero counts of skip_counts (possibly summed over ranks)."""
+    keys = [f"{source.name}/{reason}" for source in sources for reason in SKIP_REASONS]
+    return {key: int(count) for key, count in zip(keys, counts) if count}
 
 
 class TrainStream(IterableDataset):
@@ -194,32 +237,40 @@ def train_loader(
 
 
 def eval_batches(
-    sources: list[ShardSource], collator: Collator, data: DataConfig, rank: int, world_size: int, count: int
+    sources: list[ShardSource],
+    collator: Collator,
+    data: DataConfig,
+    rank: int,
+    world_size: int,
+    count: int,
+    dropped: dict[str, int],
 ) -> Iterator[dict[str, torch.Tensor]]:
     """`count` micro-batches of held-out samples for this rank: every world_size-th sample of the eval
-    shards in order, from the start each time (the same samples at every evaluation), cycling if short."""
+    shards in order, from the start each time (the same samples at every evaluation), cycling if short.
+    Samples left out are counted in `dropped` by "source/reason" (a broken tar counts once)."""
     produced, encoded, index = 0, [], 0
     while produced < count:
         good_in_pass = 0
         for source in sources:
             for url in source.tars:
-                try:
-                    for sample in _tar_samples(url):
-                        index += 1
-                        if index % world_size != rank:
-                            continue
-                        try:
-                            rng = random.Random(f"eval/{index}")
-                            encoded.append(collator.encode(DECODERS[source.layout](sample, data, rng)))
-                            good_in_pass += 1
-                        except Exception:  # held-out samples that cannot be read are left out
-                            continue
-                        if len(encoded) == data.micro_batch:
-                            yield collator.collate(encoded)
-                            produced, encoded = produced + 1, []
-                            if produced == count:
-                                return
-                except Exception:  # a broken eval tar: its remaining samples are left out
-                    continue
+                for sample in _tar_samples(url):
+                    index += 1
+                    if index % world_size != rank:
+                        continue
+                    try:
+                        if isinstance(sample, BadSample):
+                            raise sample
+                        rng = random.Random(f"eval/{index}")
+                        encoded.append(collator.encode(DECODERS[source.layout](sample, data, rng)))
+                        good_in_pass += 1
+                    except BadSample as exc:
+                        key = f"{source.name}/{exc.reason}"
+                        dropped[key] = dropped.get(key, 0) + 1
+                        continue
+                    if len(encoded) == data.micro_batch:
+                        yield collator.collate(encoded)
+                        produced, encoded = produced + 1, []
+                        if produced == count:
+                            return
         if not good_in_pass:
             raise TrainError("the eval shards hold no readable sample for this rank")

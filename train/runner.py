@@ -33,7 +33,7 @@ from cosmo_data.train.checkpoint import (
     truncate_jsonl,
 )
 from cosmo_data.train.config import TrainConfig
-from cosmo_data.train.data import Collator, eval_batches, train_loader
+from cosmo_data.train.data import Collator, eval_batches, skip_breakdown, skip_counts, train_loader
 from cosmo_data.train.metrics import FlopCounter, MetricsLog, peak_flops
 from cosmo_data.train.model import CosmoModel, decoder_layers, retrieval_recall
 from cosmo_data.train.shards import ShardSource
@@ -208,7 +208,7 @@ class Trainer:
             self.sources, self.collator, config.data, prefix, positions, batches, env.device.type == "cuda"
         )
         batches_iter = iter(loader)
-        log = MetricsLog(self.run, step, target_steps, config.run.log_every) if env.main else None
+        log = MetricsLog(self.run, step, target_steps, config.run.log_every_s) if env.main else None
         accumulation = config.optim.accumulation
         record, checkpoint = None, None
         self.model.train()
@@ -239,9 +239,9 @@ class Trainer:
                 if env.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - started
-                skipped = sum(state["skipped"] for state in positions.values())
-                loss, lm_loss, contrastive_loss, waited_sum, tokens, frames, skipped = _all_reduce(
-                    [*(totals / accumulation).tolist(), waited / elapsed, tokens, frames, skipped], env
+                skips = skip_counts(list(positions.values()), self.sources)
+                loss, lm_loss, contrastive_loss, waited_sum, tokens, frames, *skips = _all_reduce(
+                    [*(totals / accumulation).tolist(), waited / elapsed, tokens, frames, *skips], env
                 )
                 world = env.world_size
                 flops = self.flops.step_flops(int(tokens), int(frames))
@@ -256,8 +256,10 @@ class Trainer:
                     "tokens_per_s": tokens / elapsed,
                     "data_wait_fraction": waited_sum / world,
                     "world_size": world,
-                    "skipped_samples": int(skipped),
+                    "skipped_samples": int(sum(skips)),
+                    "skipped": skip_breakdown(skips, self.sources),  # by "source/reason"
                     "mfu": flops / elapsed / (self.peak * world) if self.peak else None,
+                    "step_tflops": flops / 1e12,  # train/metrics.py's count, all ranks together
                 }
                 if log:
                     log.step(record)
@@ -285,10 +287,17 @@ class Trainer:
         self.model.eval()
         forward = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
         lm_losses, contrastive_losses, texts, visuals = [], [], [], []
+        dropped: dict[str, int] = {}
         # Random state is set aside so that evaluating does not change the training that follows.
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
             for batch in eval_batches(
-                self.eval_sources, self.collator, config.data, env.rank, env.world_size, config.run.eval_batches
+                self.eval_sources,
+                self.collator,
+                config.data,
+                env.rank,
+                env.world_size,
+                config.run.eval_batches,
+                dropped,
             ):
                 batch = {k: v.to(env.device) for k, v in batch.items()}
                 with self.autocast:
@@ -303,12 +312,18 @@ class Trainer:
             gathered: list[Any] = [None] * env.world_size
             dist.all_gather_object(gathered, pairs[0])
             pairs = gathered
+        if env.world_size > 1:
+            every: list[Any] = [None] * env.world_size
+            dist.all_gather_object(every, dropped)
+            dropped = {key: sum(d.get(key, 0) for d in every) for key in sorted({k for d in every for k in d})}
         lm_loss, contrastive_loss = _all_reduce([float(np.mean(lm_losses)), float(np.mean(contrastive_losses))], env)
         record = {
             "step": step,
             "val_loss": lm_loss / env.world_size,
             "val_contrastive_loss": contrastive_loss / env.world_size,
             "pairs": sum(len(text) for text, _ in pairs),
+            "dropped_samples": sum(dropped.values()),
+            "dropped": dropped,  # held-out samples left out, by "source/reason"
             **retrieval_recall(torch.cat([t for t, _ in pairs]), torch.cat([v for _, v in pairs])),
         }
         if log:

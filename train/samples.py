@@ -5,7 +5,7 @@ cosmo follows COSMO's interleaved-video loader: json["clips"] is a JSON string o
 int(t / video_speed x avg_fps) of the mp4 (video_speed from the json, 5 in COSMO's data); the
 range is kept inside the video, cut in frames_per_clip equal parts and one frame drawn per part; a
 window of max_media adjacent clips is drawn; text "<visual>{caption}<|endofchunk|>" per clip.
-mp4s are read with PyAV.
+mp4s are read with PyAV, imported when a cosmo sample is read (mmc4 and native training need none).
 
 mmc4 and native follow OpenFlamingo's MMC4 loader: images of min_image_kb or less and those whose
 matched_sim is under sim_threshold are dropped, at most max_media kept in order, and
@@ -23,16 +23,22 @@ import json
 import random
 from dataclasses import dataclass
 
-import av
 from PIL import Image
 
 from cosmo_data.schemas.corpus_layout import COSMO_VIDEO_SPEED
 from cosmo_data.train.config import DataConfig
 from cosmo_data.train.weights import END_OF_CHUNK, IMAGE_TOKEN, VISUAL_TOKEN
 
+# Why a sample was skipped, as counted per source in the stream's position and in metrics.jsonl.
+SKIP_REASONS = ("broken_shard", "too_large", "bad_metadata", "unreadable_media", "no_media")
+
 
 class BadSample(Exception):
-    """A sample that cannot be trained on (corrupt member, no media, bad metadata)."""
+    """A sample that cannot be trained on, with its reason (one of SKIP_REASONS)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -59,13 +65,15 @@ def clip_frame_indices(
         end = n_frames - 1
         begin = max(end - distance, 0)
     if end < begin:
-        raise BadSample(f"clip {start_s}-{end_s} s lies outside the video's {n_frames} frames")
+        raise BadSample(f"clip {start_s}-{end_s} s lies outside the video's {n_frames} frames", "unreadable_media")
     bounds = [begin + (end - begin) * k // count for k in range(count + 1)]
     return [rng.randrange(low, high) if high > low else low for low, high in zip(bounds[:-1], bounds[1:])]
 
 
 def video_info(data: bytes) -> tuple[float, int]:
     """(average fps, frame count) of an mp4 from its header, or by counting packets where it has none."""
+    import av
+
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
@@ -73,11 +81,13 @@ def video_info(data: bytes) -> tuple[float, int]:
             count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
             return fps, count
     except (av.FFmpegError, IndexError, ValueError) as exc:
-        raise BadSample(f"unreadable mp4: {exc}") from exc
+        raise BadSample(f"unreadable mp4: {exc}", "unreadable_media") from exc
 
 
 def read_video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
     """{index: frame} for the wanted frame indices of an mp4, decoding up to the last of them."""
+    import av
+
     frames: dict[int, Image.Image] = {}
     try:
         with av.open(io.BytesIO(data)) as container:
@@ -87,7 +97,7 @@ def read_video_frames(data: bytes, wanted: set[int]) -> dict[int, Image.Image]:
                 if index >= max(wanted):
                     break
     except (av.FFmpegError, IndexError, ValueError) as exc:
-        raise BadSample(f"unreadable mp4: {exc}") from exc
+        raise BadSample(f"unreadable mp4: {exc}", "unreadable_media") from exc
     return frames
 
 
@@ -99,20 +109,20 @@ def cosmo_example(sample: dict[str, bytes], data: DataConfig, rng: random.Random
         spans = [tuple(_seconds(part) for part in clip["clip"].split(" - ")) for clip in clips]
         captions = [str(clip["caption"]) for clip in clips]
     except (KeyError, TypeError, ValueError) as exc:
-        raise BadSample(f"bad cosmo json: {exc!r}") from exc
+        raise BadSample(f"bad cosmo json: {exc!r}", "bad_metadata") from exc
     if "mp4" not in sample or not clips:
-        raise BadSample("cosmo sample without mp4 or clips")
+        raise BadSample("cosmo sample without mp4 or clips", "no_media")
     first = rng.randrange(len(clips) - data.max_media + 1) if len(clips) > data.max_media else 0
     window = range(first, min(first + data.max_media, len(clips)))
     fps, n_frames = video_info(sample["mp4"])
     if fps <= 0 or n_frames <= 0:
-        raise BadSample("mp4 without frames")
+        raise BadSample("mp4 without frames", "unreadable_media")
     indices = {k: clip_frame_indices(*spans[k], speed, fps, n_frames, data.frames_per_clip, rng) for k in window}
     frames = read_video_frames(sample["mp4"], {i for chosen in indices.values() for i in chosen})
     try:
         media = [[frames[i] for i in indices[k]] for k in window]
     except KeyError as exc:
-        raise BadSample(f"mp4 ends before frame {exc}") from exc
+        raise BadSample(f"mp4 ends before frame {exc}", "unreadable_media") from exc
     text = "".join(f"{VISUAL_TOKEN}{captions[k].strip()}{END_OF_CHUNK}" for k in window)
     return Example(media, text)
 
@@ -122,7 +132,7 @@ def _jpeg(raw: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(raw))
         return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadSample(f"unreadable image: {exc}") from exc
+        raise BadSample(f"unreadable image: {exc}", "unreadable_media") from exc
 
 
 def _interleave(meta: dict, images: list[bytes | None], data: DataConfig) -> Example:
@@ -136,7 +146,7 @@ def _interleave(meta: dict, images: list[bytes | None], data: DataConfig) -> Exa
         if len(kept) == data.max_media:
             break
     if not kept:
-        raise BadSample("no image passes the size and similarity thresholds")
+        raise BadSample("no image passes the size and similarity thresholds", "no_media")
     for _, sentence_index in kept:
         sentences[sentence_index] = f"{END_OF_CHUNK}{IMAGE_TOKEN}{sentences[sentence_index]}"
     text = " ".join(sentences).replace(END_OF_CHUNK, "", 1)
@@ -156,7 +166,7 @@ def mmc4_example(sample: dict[str, bytes], data: DataConfig, rng: random.Random)
         ]
         return _interleave(meta, images, data)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise BadSample(f"bad mmc4 json: {exc!r}") from exc
+        raise BadSample(f"bad mmc4 json: {exc!r}", "bad_metadata") from exc
 
 
 def native_example(sample: dict[str, bytes], data: DataConfig, rng: random.Random) -> Example:
@@ -165,7 +175,7 @@ def native_example(sample: dict[str, bytes], data: DataConfig, rng: random.Rando
         images = [sample.get(entry["image_name"]) for entry in meta["image_info"]]
         return _interleave(meta, images, data)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise BadSample(f"bad native json: {exc!r}") from exc
+        raise BadSample(f"bad native json: {exc!r}", "bad_metadata") from exc
 
 
 DECODERS = {"cosmo": cosmo_example, "mmc4": mmc4_example, "native": native_example}

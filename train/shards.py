@@ -1,13 +1,16 @@
 """Shard folders on the command line: `FOLDER` or `name=weight:FOLDER`, and the layout of their tars.
 
-A layout is recognised from the members of a folder's first sample, as the trainers' loaders see
-them: cosmo has an .mp4 and a .json whose "clips" is a string; mmc4 has only a .json with text_list
+A folder's shards are the tars the writer named for their group (`000042.tar`: never its `.tmp-*`
+files); where the build's `_state/groups` markers sit beside the folder (OUT/shards/<layout>/ next to
+OUT/_state/groups/), only the tars of marked (finished) groups. A layout is recognised from the members
+of the first sample of the folder's first non-empty tar, as the trainers' loaders see them: cosmo has an .mp4 and a .json whose "clips" is a string; mmc4 has only a .json with text_list
 and image_info; native has a .json with .{k}.jpg keyframes beside it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,9 @@ from pathlib import Path
 from cosmo_data.train.config import SourceConfig, TrainError
 
 LAYOUTS = ("cosmo", "mmc4", "native")
+# The writer's finished tars (pipeline/writer.py's group_name) and its done markers, relative to OUT.
+SHARD_NAME = re.compile(r"^\d{6,}\.tar$")
+GROUP_MARKERS = Path("_state") / "groups"
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,14 @@ def _first_sample_members(tar_path: Path) -> dict[str, bytes]:
     return members
 
 
-def detect_layout(tar_path: Path) -> str:
+def detect_layout(tar_path: Path) -> str | None:
+    """The layout of a tar's first sample, or None for a tar without samples (a group with no ok video)."""
     try:
         members = _first_sample_members(tar_path)
     except (OSError, tarfile.TarError) as exc:
         raise TrainError(f"cannot read shard {tar_path}: {exc}") from exc
+    if not members:
+        return None
     try:
         meta = json.loads(members.get("json") or b"null")
     except ValueError as exc:
@@ -84,11 +93,21 @@ def detect_layout(tar_path: Path) -> str:
     raise TrainError(f"shard {tar_path}: members {sorted(members)} match none of the layouts {', '.join(LAYOUTS)}")
 
 
+def shard_tars(folder: Path) -> list[Path]:
+    """The finished shards of a folder: writer-named tars, of marked groups where markers exist."""
+    tars = sorted(path for path in folder.iterdir() if SHARD_NAME.match(path.name) and path.is_file())
+    markers = folder.parent.parent / GROUP_MARKERS
+    if markers.is_dir():
+        done = {marker.stem for marker in markers.glob("*.json")}
+        tars = [tar for tar in tars if tar.stem in done]
+    return tars
+
+
 def resolve_source(source: SourceConfig) -> ShardSource:
     folder = source.folder
     if not folder.is_dir():
         raise TrainError(f"shard folder {folder} does not exist")
-    tars = sorted(folder.glob("*.tar"))
+    tars = shard_tars(folder)
     if not tars:
         hint = next(
             (
@@ -98,8 +117,10 @@ def resolve_source(source: SourceConfig) -> ShardSource:
             ),
             "",
         )
-        raise TrainError(f"shard folder {folder} holds no .tar{hint}")
-    layout = detect_layout(tars[0])
+        raise TrainError(f"shard folder {folder} holds no .tar of a finished group (NNNNNN.tar){hint}")
+    layout = next((found for tar in tars if (found := detect_layout(tar))), None)
+    if layout is None:
+        raise TrainError(f"shard folder {folder}: its {len(tars)} shards hold no sample")
     return ShardSource(source.name, source.weight, layout, tuple(str(tar) for tar in tars))
 
 

@@ -3,18 +3,21 @@ counted, and a stream restarted from a saved position continuing exactly where i
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
 import random
 
+import pytest
 import torch
+import webdataset as wds
 from conftest import TINY, read_samples
 from loaders import cosmo_interleaved_video
 
 from cosmo_data.schemas.corpus_layout import cosmo_frames_read
-from cosmo_data.train.config import load_train_config
-from cosmo_data.train.data import Collator, fresh_state, role_batches
+from cosmo_data.train.config import TrainError, load_train_config
+from cosmo_data.train.data import Collator, eval_batches, fresh_state, role_batches
 from cosmo_data.train.samples import DECODERS, clip_frame_indices, video_info
 from cosmo_data.train.shards import resolve_sources
 from cosmo_data.train.weights import END_OF_CHUNK, VISUAL_TOKEN
@@ -83,6 +86,63 @@ def test_broken_samples_are_skipped_and_counted(corrupt_folder, pretrained):
         _check_batch(batch, pretrained)
     assert position["skipped"] >= 3
     assert position["skipped"] == state["skipped"]
+    skips = position["skips"][corrupt_folder.name]  # bad json, an index past the text, a tiny non-JPEG
+    assert skips["bad_metadata"] >= 2 and skips["no_media"] >= 1  # the 10-byte "image" is under min_image_kb
+    assert sum(skips.values()) == position["skipped"]
+
+
+def _all_bad_source(corpus, folder):
+    """mmc4 samples whose images are not JPEGs, and a tar cut mid-member: every sample is skipped."""
+    folder.mkdir()
+    samples = read_samples(corpus / "mmc4" / "000000.tar") + read_samples(corpus / "mmc4" / "000001.tar")
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer) as writer:
+        for sample in samples:
+            meta = json.loads(sample["json"])
+            for entry in meta["image_info"]:
+                entry["image_base64"] = base64.b64encode(b"not a jpeg" * 200).decode()
+            writer.write({"__key__": sample["__key__"], "json": json.dumps(meta).encode()})
+    whole = buffer.getvalue()
+    (folder / "000000.tar").write_bytes(whole)
+    (folder / "000001.tar").write_bytes(whole[: len(whole) // 2 + 100])
+    return folder
+
+
+def test_skips_are_counted_per_source_and_reason_and_a_broken_source_stops_training(corpus, pretrained, tmp_path):
+    """Review 2, item 6: a whole source failing while another reads fine must not pass as "skipped N"."""
+    specs = [f"good=1:{corpus / 'mmc4'}", f"bad=1:{_all_bad_source(corpus, tmp_path / 'bad')}"]
+    batches, state = _stream(pretrained, specs)
+    for _ in range(5):
+        _, position = next(batches)
+    assert set(position["skips"]["good"].values()) == {0}
+    bad = position["skips"]["bad"]
+    assert bad["unreadable_media"] > 0 and bad["broken_shard"] > 0, bad
+    assert sum(bad.values()) == position["skipped"]
+    # With a window shorter than what was drawn, the bad source's skip rate stops the stream.
+    strict = DATA.model_copy(update={"skip_window": 10})
+    batches, _ = _stream(pretrained, specs, data=strict)
+    with pytest.raises(TrainError, match=r"source bad: 10 of its last 10 samples could not be read .*unreadable_media"):
+        for _ in range(20):
+            next(batches)
+
+
+def test_errors_that_are_not_bad_samples_stop_the_stream(corpus, pretrained, monkeypatch):
+    def broken_decoder(sample, data, rng):
+        raise TypeError("a bug in a decoder")
+
+    monkeypatch.setitem(DECODERS, "mmc4", broken_decoder)
+    batches, _ = _stream(pretrained, [str(corpus / "mmc4")])
+    with pytest.raises(TypeError, match="a bug in a decoder"):
+        next(batches)
+
+
+def test_eval_counts_the_samples_it_drops(corpus, corrupt_folder, pretrained):
+    sources = resolve_sources([str(corrupt_folder), str(corpus / "mmc4")], [])
+    collator = Collator(pretrained.tokenizer, pretrained.to_pixels, DATA, pretrained.media_token_ids, 64)
+    dropped: dict[str, int] = {}
+    batches = list(eval_batches(sources, collator, DATA, 0, 1, 2, dropped))  # 8 of the first pass's 10 good
+    assert len(batches) == 2
+    assert dropped == {f"{corrupt_folder.name}/bad_metadata": 2, f"{corrupt_folder.name}/no_media": 1}
 
 
 def test_oversized_samples_are_skipped(corpus, pretrained):
@@ -91,6 +151,7 @@ def test_oversized_samples_are_skipped(corpus, pretrained):
     batches, _ = _stream(pretrained, [str(corpus / "native"), str(corpus / "cosmo")], data=limited)
     batch, position = next(batches)
     assert position["skipped"] > 0
+    assert position["skips"]["cosmo"]["too_large"] == position["skipped"]
     assert batch["frame_mask"].sum(-1).max() == 1  # keyframes only, no clip of 3 frames
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+import tarfile
+
 import pytest
 from conftest import TINY
 
 from cosmo_data.train import TrainError, run_cli
-from cosmo_data.train.config import load_train_config
-from cosmo_data.train.shards import detect_layout, parse_source, resolve_sources
+from cosmo_data.train.config import SourceConfig, load_train_config
+from cosmo_data.train.shards import detect_layout, parse_source, resolve_source, resolve_sources
 
 
 def test_each_layout_is_recognised(corpus):
@@ -24,12 +28,48 @@ def test_weighted_mixture_spec_and_bare_folders(corpus):
     assert parse_source("/data/a=b/shards").folder.as_posix() == "/data/a=b/shards"
 
 
+def _empty_tar() -> bytes:
+    buffer = io.BytesIO()
+    tarfile.open(fileobj=buffer, mode="w").close()
+    return buffer.getvalue()
+
+
+def test_only_finished_shards_are_trained_on_and_an_empty_first_one_is_passed_over(corpus, tmp_path):
+    """A build's folder as a kill or a running build leaves it: an empty first group (no ok video), a
+    writer's half-written .tmp- tar (sorted first), a tar of a group without its done marker."""
+    shards = tmp_path / "out" / "shards" / "cosmo"
+    shards.mkdir(parents=True)
+    real = (corpus / "cosmo" / "000000.tar").read_bytes()
+    (shards / "000000.tar").write_bytes(_empty_tar())
+    (shards / "000001.tar").write_bytes(real)
+    (shards / ".tmp-000002.tar").write_bytes(real[: len(real) // 2])
+    (shards / "000003.tar").write_bytes(real)  # no marker: its group is to be rebuilt
+    (shards / "notes.tar").write_bytes(real)
+    markers = tmp_path / "out" / "_state" / "groups"
+    markers.mkdir(parents=True)
+    for group in ("000000", "000001"):
+        (markers / f"{group}.json").write_text("{}")
+    source = resolve_source(SourceConfig(name="video", folder=shards))
+    assert source.layout == "cosmo"
+    assert [tar.rsplit("/", 1)[-1] for tar in source.tars] == ["000000.tar", "000001.tar"]
+    # A folder copied away from its build has no markers: every writer-named tar counts.
+    alone = tmp_path / "alone"
+    shutil.copytree(shards, alone)
+    source = resolve_source(SourceConfig(name="video", folder=alone))
+    assert [tar.rsplit("/", 1)[-1] for tar in source.tars] == ["000000.tar", "000001.tar", "000003.tar"]
+    for tar in alone.iterdir():
+        if tar.name != "000000.tar":
+            tar.unlink()
+    with pytest.raises(TrainError, match="its 1 shards hold no sample"):
+        resolve_source(SourceConfig(name="video", folder=alone))
+
+
 @pytest.mark.parametrize(
     ("shards", "overrides", "message"),
     [
         (["{tmp}/missing"], {}, "does not exist"),
-        (["{tmp}"], {}, "holds no .tar"),
-        (["{corpus}"], {}, "holds no .tar (its cosmo/ has some)"),
+        (["{tmp}"], {}, "holds no .tar of a finished group"),
+        (["{corpus}"], {}, "holds no .tar of a finished group (NNNNNN.tar) (its cosmo/ has some)"),
         (["a=heavy:{corpus}/mmc4"], {}, "is not a number"),
         (["{corpus}/mmc4"], {"run.stepz": 3}, "run.stepz: Extra inputs are not permitted"),
         (["{corpus}/mmc4"], {"language.unimodal_depth": 0}, "language.unimodal_depth"),

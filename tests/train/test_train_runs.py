@@ -22,6 +22,15 @@ def metrics(run: Path, name: str = "metrics.jsonl") -> list[dict]:
     return [json.loads(line) for line in (run / name).read_text().splitlines()]
 
 
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a tag, read back by TensorBoard's own reader (purged steps of a resumed run gone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
 def command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "cosmo_data.train", *arguments, "--config", str(TINY)]
 
@@ -46,8 +55,14 @@ def test_tiny_config_learns_and_writes_its_run_folder(corpus, tmp_path):
         "data_wait_fraction", "world_size", "skipped_samples", "mfu",
     }  # fmt: skip
     assert records[0]["mfu"] is None  # no known peak on a CPU
+    assert records[0]["skipped"] == {}
+    logged = tensorboard_scalars(run, "train/loss")
+    assert [step for step, _ in logged] == list(range(1, 31))
+    assert all(abs(value - r["loss"]) <= 1e-6 * abs(r["loss"]) for (_, value), r in zip(logged, records))
     evaluations = metrics(run, "eval.jsonl")
     assert [e["step"] for e in evaluations] == [10, 20, 30]
+    assert [step for step, _ in tensorboard_scalars(run, "eval/val_loss")] == [10, 20, 30]
+    assert evaluations[0]["dropped_samples"] == 0
     assert evaluations[-1]["val_loss"] < evaluations[0]["val_loss"]
     assert 0 <= evaluations[-1]["text_to_visual_r@1"] <= evaluations[-1]["text_to_visual_r@5"] <= 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-000000{s}" for s in (10, 20, 30)]
@@ -122,6 +137,10 @@ def test_kill_9_then_rerun_has_no_duplicated_step(corpus, tmp_path):
     resumed = int(done.stdout.split("resuming from step ")[1].split()[0])
     assert resumed % 4 == 0 and 4 <= resumed <= max(logged)
     assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+    # TensorBoard drops what the killed run logged past its checkpoint too: each step once, the rerun's.
+    logged = tensorboard_scalars(run, "train/loss")
+    assert [step for step, _ in logged] == list(range(1, 13))
+    assert [value for _, value in logged] == pytest.approx([r["loss"] for r in metrics(run)], rel=1e-6)
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
