@@ -15,6 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cosmo_data.storage.corpus_state import finish_pending_rewrite
 from cosmo_data.train.config import SourceConfig, TrainError
 
 LAYOUTS = ("cosmo", "mmc4", "native")
@@ -95,8 +96,11 @@ def detect_layout(tar_path: Path) -> str | None:
 
 def shard_tars(folder: Path) -> list[Path]:
     """The finished shards of a folder: writer-named tars, of marked groups where markers exist."""
-    tars = sorted(path for path in folder.iterdir() if SHARD_NAME.match(path.name) and path.is_file())
     markers = folder.parent.parent / GROUP_MARKERS
+    if markers.is_dir():
+        # A filter or dedup killed while moving its rewrite into place leaves some groups new and some old.
+        finish_pending_rewrite(folder.parent.parent)
+    tars = sorted(path for path in folder.iterdir() if SHARD_NAME.match(path.name) and path.is_file())
     if markers.is_dir():
         done = {marker.stem for marker in markers.glob("*.json")}
         tars = [tar for tar in tars if tar.stem in done]

@@ -208,7 +208,7 @@ def test_a_missing_tar_of_a_finished_group_is_refused_before_anything_changes(ou
     assert not (out / "_state" / "rewrite").exists()
 
 
-@pytest.mark.parametrize("reader", ["stats", "query", "validate"])
+@pytest.mark.parametrize("reader", ["stats", "query", "validate", "train"])
 def test_the_readers_finish_a_rewrite_killed_while_switching_before_they_read(out, monkeypatch, reader):
     from cosmo_data.corpus.query import run_query
     from cosmo_data.corpus.stats import compute_stats
@@ -225,8 +225,13 @@ def test_the_readers_finish_a_rewrite_killed_while_switching_before_they_read(ou
     elif reader == "query":
         answer = run_query(out, "SELECT status FROM videos WHERE video_id = 'vid004_e'", "csv")
         assert answer.split() == ["status", "filtered"]
-    else:
+    elif reader == "validate":
         assert validate(out).problems == []
+    else:
+        from cosmo_data.train.shards import shard_tars
+
+        assert shard_tars(out / "shards" / "mmc4")
+        assert "vid004_e" not in shard_keys(out, "mmc4")
     assert not (out / "_state" / "rewrite").exists()
 
 
