@@ -79,6 +79,7 @@ def corpus_lock(corpus: AnyPath | str, command: str) -> Iterator[None]:
     data = json.dumps(mine).encode()
     # Folders only the lock made (a build refused before it wrote anything) go with it.
     made = [] if isinstance(path, RemotePath) else [p for p in (path.parent, corpus) if not p.exists()]
+    new_prefix = isinstance(path, RemotePath) and not corpus.exists()
     if isinstance(path, RemotePath):
         write_atomic(path, data)
     else:
@@ -101,6 +102,9 @@ def corpus_lock(corpus: AnyPath | str, command: str) -> Iterator[None]:
                 folder.rmdir()
             except OSError:  # the command wrote there
                 break
+        # Deleting the lock leaves an empty folder marker on S3 (pyarrow keeps the parent): drop it too.
+        if new_prefix and not corpus.rglob("*"):
+            remove_tree(corpus)
 
 
 def pending_rewrite(corpus: AnyPath | str) -> bool:
