@@ -23,6 +23,7 @@ import re
 import shutil
 import tarfile
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -91,8 +92,14 @@ def kept_documents(tables: dict[str, pa.Table]) -> set[str]:
     }
 
 
-def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table]) -> RewriteSummary:
-    """Rewrite every table part and shard of a finished build from these whole tables (see the module)."""
+def rewrite_corpus(
+    corpus: AnyPath | str,
+    tables: dict[str, pa.Table],
+    json_edits: Mapping[str, Callable[[dict], dict]] | None = None,
+) -> RewriteSummary:
+    """Rewrite every table part and shard of a finished build from these whole tables (see the module).
+    json_edits: per doc_id, a function that rewrites that sample's json in every layout (`cosmo-data
+    narrate` gives its documents new sentences), applied after the edits the tables call for."""
     corpus = location(corpus)
     finish_pending_rewrite(corpus)
     markers = _read_markers(corpus)
@@ -141,7 +148,7 @@ def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table]) -> Rewrit
             tar_path = corpus / "shards" / fmt / f"{name}.tar"
             if not tar_path.exists():
                 continue
-            data, n_kept, n_removed = _filter_tar(tar_path.read_bytes(), kept, edits)
+            data, n_kept, n_removed = _filter_tar(tar_path.read_bytes(), kept, edits, json_edits or {})
             stage(f"shards/{fmt}/{name}.tar", data)
             marker.setdefault("samples", {})[fmt] = n_kept
             summary.samples[fmt] = summary.samples.get(fmt, 0) + n_kept
@@ -210,9 +217,11 @@ def finish_pending_rewrite(corpus: AnyPath | str) -> bool:
     return True
 
 
-def _filter_tar(data: bytes, kept: set[str], edits: dict[str, SampleEdit]) -> tuple[bytes, int, int]:
+def _filter_tar(
+    data: bytes, kept: set[str], edits: dict[str, SampleEdit], json_edits: Mapping[str, Callable[[dict], dict]]
+) -> tuple[bytes, int, int]:
     """The tar with only the samples whose key is in kept, less the keyframes and clips that edits take
-    out of them; other members copied byte for byte."""
+    out of them, their json rewritten by json_edits; other members copied byte for byte."""
     pieces: list[bytes] = []
     kept_keys: set[str] = set()
     removed_keys: set[str] = set()
@@ -225,12 +234,13 @@ def _filter_tar(data: bytes, kept: set[str], edits: dict[str, SampleEdit]) -> tu
                 continue
             kept_keys.add(key)
             end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            edit = edits.get(key)
-            if edit is None:
+            edit, json_edit = edits.get(key), json_edits.get(key)
+            if edit is None and (json_edit is None or ext != "json"):
                 pieces.append(data[member.offset : end])
             elif ext == "json":
                 sample = json.loads(data[member.offset_data : member.offset_data + member.size])
-                pieces.append(_member(member.name, _sample_json(edit.apply(sample))))
+                sample = edit.apply(sample) if edit else sample
+                pieces.append(_member(member.name, _sample_json(json_edit(sample) if json_edit else sample)))
             elif not (
                 ext.endswith(".jpg") and ext.partition(".")[0].isdigit() and int(ext.partition(".")[0]) in edit.frames
             ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -149,3 +150,65 @@ def test_support_is_measured_on_content_words():
     assert check_narration("The woman pours two cups of flour into a bowl.", evidence, config).status == NARRATED
     verdict = check_narration("The woman pours sugar and salt into a bowl.", evidence, config)
     assert verdict.status == UNSUPPORTED and verdict.detail == "sugar, salt"
+
+
+@pytest.fixture(scope="module")
+def narrated_corpus(demo_videos, tmp_path_factory):
+    """One build of a generated how-to video with tiny.yaml's real narrator, SmolLM2-135M-Instruct (short
+    answers: the suite pays for its tokens on CPU)."""
+    from conftest import tiny_config
+
+    from cosmo_data.pipeline.build import build
+
+    sources = tmp_path_factory.mktemp("narrate_sources") / "sources.txt"
+    sources.write_text(f"{demo_videos[0]}\n")
+    out = tmp_path_factory.mktemp("narrated") / "out"
+    build([sources], out, tiny_config(**{"narration.enabled": True, "narration.tokens_per_clip": 24}))
+    return out
+
+
+@pytest.mark.slow
+def test_a_build_narrates_every_clip_with_its_own_span_and_keeps_only_grounded_narrations(narrated_corpus):
+    from cosmo_data.cli import TINY_CONFIG
+    from cosmo_data.corpus.narrate import video_records
+    from cosmo_data.corpus.rewrite import read_tables
+    from cosmo_data.schemas.config import load_config
+    from cosmo_data.stages.document import build_sentences
+
+    config = load_config(TINY_CONFIG).narration
+    videos = video_records(read_tables(narrated_corpus))
+    assert videos
+    statuses = []
+    for video in videos:
+        document, clips = video.document, video.record.clips
+        # What the narrator read: each clip's captions and speech, rebuilt from the tables as the build made them.
+        evidence = {e.clip_idx: e for e in clip_evidence(clips, build_sentences(video.record))}
+        rows = {
+            c["clip_idx"]: c
+            for c in read_tables(narrated_corpus)["clips"].to_pylist()
+            if c["video_id"] == video.record.video_id
+        }
+        sentences = list(
+            zip(
+                document["text_list"],
+                document["sentence_start_s"],
+                document["sentence_end_s"],
+                document["sentence_source"],
+            )
+        )
+        for clip in clips:
+            row = rows[clip.clip_idx]
+            statuses.append(row["narration_status"])
+            inside = [s for s in sentences if clip.start_s <= (s[1] + s[2]) / 2 < clip.end_s]
+            if row["narration_status"] == NARRATED:
+                # Its sentences are the narration's, each spanning exactly the clip, and it passes the checks.
+                assert inside and all(
+                    s[3] == NARRATION_SOURCE and (s[1], s[2]) == (clip.start_s, clip.end_s) for s in inside
+                )
+                assert " ".join(s[0] for s in inside) == " ".join(row["narration"].split())
+                assert check_narration(row["narration"], evidence[clip.clip_idx].texts, config).status == NARRATED
+            else:  # fell back: the clip's own sentences stay
+                assert all(s[3] != NARRATION_SOURCE for s in inside)
+                assert sorted(s[0] for s in inside) == sorted(evidence[clip.clip_idx].texts)
+    assert statuses and all(statuses)  # every clip has an outcome
+    print("narration outcomes:", dict(Counter(statuses)))
