@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ import av
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from loaders import cosmo_interleaved_video
+from loaders import _possible_indices, _seconds, cosmo_interleaved_video
 from typer.testing import CliRunner
 
 from cosmo_data.cli import app
@@ -56,6 +57,13 @@ class EchoBackend:
             text = json.dumps(entries)
             answers.append(Generation(text[len(text[: text.index('"narration": "') + 14]) :], 1))
         return answers
+
+
+def _mp4_rate_and_length(data: bytes) -> tuple[float, int]:
+    import decord
+
+    reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+    return reader.get_avg_fps(), len(reader)
 
 
 @pytest.fixture
@@ -132,12 +140,18 @@ def test_narrated_shards_carry_the_narration_in_every_layout_and_cosmos_loader_r
     cosmo = list(wds.WebDataset(sorted(str(p) for p in (corpus / "shards" / "cosmo").glob("*.tar"))).decode())
     assert examples and len(examples) == len(cosmo)
     for example, sample in zip(examples, cosmo):
-        video_id = sample["json"]["video_id"]
-        for (begin, end), caption, source in zip(example.times_s, example.captions, sample["json"]["source_clips"]):
+        video_id, fps, n_frames = sample["json"]["video_id"], *_mp4_rate_and_length(sample["mp4"])
+        entries = json.loads(sample["json"]["clips"])
+        for entry, caption, source in zip(entries, example.captions, sample["json"]["source_clips"]):
             clip = clips[(video_id, source["clip_idx"])]
-            # Every frame the loader takes for the clip lies inside the clip, and its caption is the narration.
-            assert clip["start_s"] <= begin * COSMO_VIDEO_SPEED <= end * COSMO_VIDEO_SPEED <= clip["end_s"] + 1e-6
-            if clip["narration_status"] == NARRATED:  # cut to COSMO's token budget at a word's end
+            # Every frame COSMO's loader could take for the clip (its own arithmetic) lies inside the clip.
+            start, end = (_seconds(part) for part in entry["clip"].split(" - "))
+            begin, stop = int(start / COSMO_VIDEO_SPEED * fps), int(end / COSMO_VIDEO_SPEED * fps)
+            # Past video_end_s the mp4 repeats the last frame, the last clip's own (stages/cosmo_video.py).
+            for index in _possible_indices(3, n_frames, begin, stop):
+                shown_s = min(index / fps * COSMO_VIDEO_SPEED, sample["json"]["video_end_s"])
+                assert clip["start_s"] - 1e-6 <= shown_s <= clip["end_s"] + 1e-6
+            if clip["narration_status"] == NARRATED:  # its caption is the narration, cut to COSMO's token budget
                 assert caption and clip["narration"].startswith(caption)
     assert validate(corpus).problems == []
     # Stats count clips per outcome; the preview shows each narration beside its evidence.

@@ -156,14 +156,14 @@ def test_support_is_measured_on_content_words():
 def narrated_corpus(demo_videos, tmp_path_factory):
     """One build of a generated how-to video with tiny.yaml's real narrator, SmolLM2-135M-Instruct (short
     answers: the suite pays for its tokens on CPU)."""
-    from conftest import tiny_config
-
+    from cosmo_data.cli import TINY_CONFIG
     from cosmo_data.pipeline.build import build
+    from cosmo_data.schemas.config import load_config
 
     sources = tmp_path_factory.mktemp("narrate_sources") / "sources.txt"
     sources.write_text(f"{demo_videos[0]}\n")
     out = tmp_path_factory.mktemp("narrated") / "out"
-    build([sources], out, tiny_config(**{"narration.enabled": True, "narration.tokens_per_clip": 24}))
+    build([sources], out, load_config(TINY_CONFIG, {"narration.tokens_per_clip": 24}))
     return out
 
 
