@@ -289,6 +289,33 @@ def filter_(
 
 
 @app.command()
+def narrate(
+    out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="YAML config whose narration: to use (default: the build's)"),
+    ] = None,
+) -> None:
+    """Narrate every clip again with the configured LLM and prompt, from the stored captions, speech and
+    keyframe embeddings (no video decoded, no image model run), and rewrite tables and shards; the old
+    ones stay intact until the new are complete."""
+    from cosmo_data.corpus.card import write_card
+    from cosmo_data.corpus.narrate import NarrateError, narrate_corpus
+    from cosmo_data.corpus.rewrite import RewriteError
+    from cosmo_data.models import ModelError
+    from cosmo_data.storage import StorageError
+
+    corpus = _require_corpus(out)
+    try:
+        summary = narrate_corpus(corpus, load_config(config) if config else None)
+        write_card(corpus)
+    except (ConfigError, NarrateError, RewriteError, ModelError, StorageError) as exc:
+        raise fail(str(exc)) from None
+    statuses = ", ".join(f"{status} {n}" for status, n in sorted(summary.statuses.items())) or "none"
+    typer.echo(f"narrated {summary.documents} documents; clips: {statuses}; {summary.output_tokens} tokens written")
+
+
+@app.command()
 def models(
     config: Annotated[
         Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML config naming the models")

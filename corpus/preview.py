@@ -193,8 +193,11 @@ def _image_html(doc_id: str, info: dict[str, Any], image: bytes | None, n_senten
     )
 
 
-def _document_html(document: dict[str, Any], images: dict[tuple[str, int], bytes]) -> tuple[str, int]:
-    """One document as an article; returns the html and how many of its keyframes were found."""
+def _document_html(
+    document: dict[str, Any], images: dict[tuple[str, int], bytes], narration_html: str = ""
+) -> tuple[str, int]:
+    """One document as an article (its clips' narration table at the end); returns the html and how many of
+    its keyframes were found."""
     doc_id = document["doc_id"]
     texts = document["text_list"]
     n = len(texts)
@@ -230,7 +233,7 @@ def _document_html(document: dict[str, Any], images: dict[tuple[str, int], bytes
     )
     article = (
         f'<article class="doc" id="doc-{_esc(doc_id)}"><h2>{_esc(doc_id)}</h2><p class="meta">{_esc(meta)}</p>'
-        f'<ol class="stream">{"".join(items)}</ol></article>'
+        f'<ol class="stream">{"".join(items)}</ol>{narration_html}</article>'
     )
     return article, shown
 
@@ -266,12 +269,54 @@ def _dropped_html(dropped: list[dict[str, Any]]) -> str:
     )
 
 
+def _narrations(connection: duckdb.DuckDBPyConnection, video_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per video, its narrated clips (any outcome) with their evidence: keyframe captions and the speech
+    segments overlapping the clip. Empty for corpora built without narration."""
+    if not video_ids or not _has_column(connection, "clips", "narration_status"):
+        return {}
+    rows = _rows(
+        connection,
+        """
+        SELECT c.video_id, c.clip_idx, c.start_s, c.end_s, c.narration_status, c.narration,
+            (SELECT list(f.caption ORDER BY f.frame_idx) FROM frames f
+             WHERE f.video_id = c.video_id AND f.clip_idx = c.clip_idx AND f.caption IS NOT NULL) AS captions,
+            (SELECT list(t.text ORDER BY t.seg_idx) FROM transcripts t
+             WHERE t.video_id = c.video_id AND t.end_s > c.start_s AND t.start_s < c.end_s) AS speech
+        FROM clips c WHERE c.narration_status IS NOT NULL AND c.video_id IN (SELECT unnest(?))
+        ORDER BY c.video_id, c.clip_idx
+        """,
+        [video_ids],
+    )
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        found[row["video_id"]].append(row)
+    return found
+
+
+def _narration_html(clips: list[dict[str, Any]]) -> str:
+    """Each clip's narration beside the evidence it was written from, with the outcome of its checks."""
+    if not clips:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(c['clip_idx'])}</td><td>{format_time(c['start_s'])}–{format_time(c['end_s'])}</td>"
+        f'<td class="status">{_esc(c["narration_status"])}</td><td>{_esc(c["narration"] or "")}</td>'
+        f"<td>{'<br>'.join(_esc(t) for t in c['captions'] or [])}</td>"
+        f"<td>{'<br>'.join(_esc(t) for t in c['speech'] or [])}</td></tr>"
+        for c in clips
+    )
+    return (
+        '<table class="narration"><thead><tr><th>clip</th><th>span</th><th>outcome</th><th>narration</th>'
+        f"<th>seen (captions)</th><th>heard (speech)</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = None) -> PreviewResult:
     """Write the preview page for up to n documents of videos matching `where` (SQL over videos)."""
     out, dest_html = location(out), Path(dest_html)
     connection = connect(out)
     try:
         documents, failed, failed_total, dropped = _select(connection, out, n, where)
+        narrations = _narrations(connection, [d["video_id"] for d in documents])
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
     finally:
@@ -284,7 +329,7 @@ def write_preview(out: Path, dest_html: Path, n: int = 20, where: str | None = N
     articles: list[str] = []
     shown = 0
     for document in documents:
-        article, found = _document_html(document, images)
+        article, found = _document_html(document, images, _narration_html(narrations.get(document["video_id"], [])))
         articles.append(article)
         shown += found
     total_images = sum(len(d["image_info"]) for d in documents)

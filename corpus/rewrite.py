@@ -111,13 +111,19 @@ def record_step(corpus: AnyPath | str, step: dict) -> None:
     write_atomic(corpus / STATE_DIR / APPLIED, _json(applied_steps(corpus) + [step]))
 
 
-def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table], applied: dict | None = None) -> RewriteSummary:
+def rewrite_corpus(
+    corpus: AnyPath | str,
+    tables: dict[str, pa.Table],
+    applied: dict | None = None,
+    samples: dict[str, Callable[[dict], dict]] | None = None,
+) -> RewriteSummary:
     """Rewrite a finished build from these whole tables (see the module).
 
     tables: every table of TABLES, whole, as read_tables gave them and then changed; status "ok" or not
     on videos, documents, clips and frames decides what leaves. applied: the step to record (e.g.
-    {"command": "filter", "curation": {...}}), or None. Under the corpus's lock; refused when a pending
-    rewrite was found meanwhile (the tables were read from a corpus half switched)."""
+    {"command": "filter", "curation": {...}}), or None. samples: per doc_id, an edit of its samples' json
+    (GroupChange.samples; `narrate` gives documents new text). Under the corpus's lock; refused when a
+    pending rewrite was found meanwhile (the tables were read from a corpus half switched)."""
     missing = sorted(set(TABLES) - set(tables))
     if missing:
         raise RewriteError(f"tables missing for the rewrite: {', '.join(missing)}")
@@ -132,9 +138,13 @@ def rewrite_corpus(corpus: AnyPath | str, tables: dict[str, pa.Table], applied: 
             raise RewriteError(
                 f"{corpus} holds a rewrite still being switched in: read the tables again after it is finished"
             )
-        return rewrite_groups(
-            corpus, lambda group, _: {name: by_group[name].get(group, empty[name]) for name in TABLES}, applied
-        )
+
+        def change(group: int, _: dict[str, pa.Table]) -> GroupChange:
+            group_tables = {name: by_group[name].get(group, empty[name]) for name in TABLES}
+            documents = set(group_tables["documents"]["doc_id"].to_pylist())
+            return GroupChange(group_tables, {doc: edit for doc, edit in (samples or {}).items() if doc in documents})
+
+        return rewrite_groups(corpus, change, applied)
 
 
 def rewrite_groups(

@@ -209,6 +209,12 @@ def _compute(connection: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             for stage, total, mean, videos in _map_totals(connection, "timings")
         },
         "dropped": {key: int(total) for key, total, _, _ in _map_totals(connection, "counters")},
+        # Clips of ok videos per narration outcome (stages/narrate.py); empty where narration was off.
+        "narration": _pairs(
+            connection,
+            "SELECT narration_status, count(*) AS n FROM ok_clips WHERE narration_status IS NOT NULL "
+            "GROUP BY ALL ORDER BY n DESC, narration_status",
+        ),
         "signals": signal_quantiles(connection),
         "funnel": funnel(connection),
     }
@@ -270,6 +276,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     lines += [""] + _section("Time per stage", stage_rows, header=("stage", "total s", "mean s", "videos"))
     lines += [""] + _section("Dropped by filters", [(k, _number(v)) for k, v in stats["dropped"].items()])
+    narration_rows = [(k, _number(v)) for k, v in stats["narration"].items()]
+    lines += [""] + _section("Narration (clips of ok videos by outcome)", narration_rows)
     lines += [""] + format_funnel(stats["funnel"])
     signal_rows = [
         (name, _number(s["n"]), *(_number(s["quantiles"][q], 3) if s["quantiles"] else "-" for q in QUANTILE_NAMES))

@@ -67,6 +67,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     from cosmo_data.stages.clip_score import ClipScoreStage
     from cosmo_data.stages.curation import DOCUMENT, PICTURE, SPEECH, CurationStage
     from cosmo_data.stages.document import DocumentStage
+    from cosmo_data.stages.narrate import NarrateStage
     from cosmo_data.stages.shard_samples import ShardSamplesStage
     from cosmo_data.stages.video import VideoStage
 
@@ -79,6 +80,8 @@ def make_stages(config: BuildConfig) -> list[Stage]:
     if config.caption.enabled:
         stages.append(CaptionStage(config))
     stages.append(DocumentStage(config))
+    if config.narration.enabled:  # rewrites the document's sentences per clip; CLIP scores what it wrote
+        stages.append(NarrateStage(config))
     stages.append(ClipScoreStage(config))
     stages.append(AssignStage(config))
     stages.append(CurationStage(config, DOCUMENT))

@@ -136,6 +136,8 @@ def table_rows(records: list[VideoRecord]) -> dict[str, list[dict]]:
                     "brightness": clip.brightness,
                     "sharpness": clip.sharpness,
                     "frozen_fraction": clip.frozen_fraction,
+                    "narration_status": clip.narration_status,
+                    "narration": clip.narration,
                 }
             )
         for frame in sorted(record.frames + record.filtered_frames, key=lambda f: f.frame_idx):

@@ -318,6 +318,34 @@ class CurationConfig(_Strict):
     document: DocumentRulesConfig = DocumentRulesConfig()
 
 
+class NarrationConfig(_Strict):
+    """Per-clip narration by an instruct LLM (stages/narrate.py), Howto-Interlink7M's GPT-4 step: one 1-3
+    sentence narration per clip from its keyframe captions and speech, checked before it replaces them."""
+
+    enabled: bool = False
+    backend: Literal["transformers", "vllm"] = "transformers"
+    # A Hugging Face id or directory, or a GGUF file: a path, or "<python package>/<file>.gguf" inside an
+    # installed package (converted once into the model cache; gguf_sha256 checks the file first).
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    gguf_sha256: str | None = None
+    # The user message template (string.Template: $video, $previous, $clips, $count, $last); None: the
+    # package's configs/narration.prompt.
+    prompt: str | None = None
+    max_context_tokens: int = Field(8192, ge=256, description="vLLM max_model_len; windows of clips fit in it")
+    tokens_per_clip: int = Field(96, ge=8, description="output budget per clip of a window")
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    prompts_per_forward: int = Field(8, ge=1, description="windows generated at once (transformers)")
+    batch_timeout_s: float = Field(600.0, gt=0, description="a generate call that takes longer falls back")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # vLLM
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Grounding (stages/narration_grounding.py).
+    min_words: int = Field(4, ge=1)
+    max_words: int = Field(90, ge=1)
+    max_sentences: int = Field(3, ge=1)
+    min_support: float = Field(0.75, ge=0, le=1, description="share of content words found in the clip's inputs")
+    resources: StageResourcesConfig = StageResourcesConfig(gpus=1.0, batch_size=16)
+
+
 class BuildConfig(_Strict):
     seed: int = 0
     ray_address: str | None = None
@@ -327,6 +355,7 @@ class BuildConfig(_Strict):
     video: VideoStageConfig = VideoStageConfig()
     asr: AsrConfig = AsrConfig()
     caption: CaptionConfig = CaptionConfig()
+    narration: NarrationConfig = NarrationConfig()
     clip_score: ClipScoreConfig = ClipScoreConfig()
     assign: AssignConfig = AssignConfig()
     output: OutputConfig = OutputConfig()

@@ -139,6 +139,10 @@ class Clip:
     sharpness: float | None = None
     frozen_fraction: float | None = None
     filter_reason: str | None = None
+    # Narration (stages/narrate.py): "narrated" or why the clip kept its sentences (None: not narrated at
+    # all), and the text the model wrote for it, passed or not.
+    narration_status: str | None = None
+    narration: str | None = None
 
 
 @dataclass

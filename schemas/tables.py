@@ -103,6 +103,11 @@ CLIPS = pa.schema(
         # cosine similarity of their keyframe embeddings.
         pa.field("duplicate_of", pa.string()),
         pa.field("duplicate_similarity", pa.float64()),
+        # Narration (stages/narrate.py): "narrated", or why the clip kept its own sentences (bad_json,
+        # wrong_clips, empty, too_short, too_long, unsupported_words, no_evidence, timeout, backend_error);
+        # null where narration was off. narration: what the model wrote, passed or not.
+        pa.field("narration_status", pa.string()),
+        pa.field("narration", pa.string()),
     ]
 )
 

@@ -17,7 +17,9 @@ def demo_videos(tmp_path_factory) -> list[Path]:
 
 
 def tiny_config(**overrides) -> BuildConfig:
-    return load_config(TINY_CONFIG, overrides)
+    """tiny.yaml, less its real LLM narrator (seconds of CPU per clip) unless a test turns it on: the
+    narration tests build with it once (tests/stages/test_narrate.py)."""
+    return load_config(TINY_CONFIG, {"narration.enabled": False, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def test_unreachable_ray_address(tmp_path):
 
 
 def test_commands_on_a_folder_that_is_no_corpus(tmp_path):
-    for command in ("stats", "validate"):
+    for command in ("stats", "validate", "narrate"):
         assert_one_line_error(run(command, str(tmp_path), cwd=tmp_path), 2, "not a built corpus")
 
 

@@ -70,7 +70,7 @@ def built(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         result = CliRunner().invoke(
             app,
             ["build", "-s", str(media / "sources.txt"), "-o", str(out), "-c", str(TINY_CONFIG)]
-            + ["--set", "asr.enabled=false", "--set", "output.videos_per_shard=2"]
+            + ["--set", "asr.enabled=false", "--set", "output.videos_per_shard=2", "--set", "narration.enabled=false"]
             + ["--exclude-ids", str(media / "eval.txt")],
         )
     assert result.exit_code == 0, result.output

@@ -97,6 +97,7 @@ def test_sigkill_mid_build_then_resume_equals_clean_run(demo_corpus, demo_source
         str(out),
         "--config",
         str(TINY_CONFIG),
+        "--set=narration.enabled=false",  # as conftest's tiny_config, which built demo_corpus
         "--set",
         "output.videos_per_shard=1",
         # One video per model call, so that groups are written apart, with time to kill in between.
@@ -144,6 +145,7 @@ def test_rerun_of_a_finished_build_writes_nothing(demo_corpus, demo_sources):
             str(demo_corpus),
             "--config",
             str(TINY_CONFIG),
+            "--set=narration.enabled=false",  # as conftest's tiny_config, which built demo_corpus
             "--set",
             "output.videos_per_shard=1",
         ],
@@ -167,6 +169,7 @@ def test_resume_with_other_settings_is_refused(demo_corpus, demo_sources):
             str(demo_corpus),
             "--config",
             str(TINY_CONFIG),
+            "--set=narration.enabled=false",  # as conftest's tiny_config, which built demo_corpus
             "--set",
             "output.videos_per_shard=2",
         ],
@@ -190,4 +193,4 @@ def test_the_driver_builds_the_stages_without_torch():
         "print(len(stages), sorted(m for m in ('torch', 'whisper', 'open_clip') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["10", "[]"]  # 7 stages and 3 curation stages
+    assert result.stdout.split() == ["11", "[]"]  # 8 stages (tiny.yaml narrates) and 3 curation stages

@@ -219,6 +219,7 @@ def test_ray_job_submit_builds_on_both_nodes_and_a_second_submission_resumes(clu
     model_worker = "{cpus: 1, concurrency: 1, batch_size: 8}"
     entrypoint = [CLI, "build", "--source", source, "--out", out, "--config", str(TINY_CONFIG)]
     entrypoint += ["--set", "video.resources={cpus: 2, concurrency: 2}"]
+    entrypoint += ["--set", "narration.enabled=false"]  # its LLM worker is not what this test places
     for section in ("asr.resources", "caption.resources", "clip_score.resources", "assign.resources"):
         entrypoint += ["--set", f"{section}={model_worker}"]
     entrypoint += ["--set", f"assign.document_resources={model_worker}", "--set", f"output.resources={model_worker}"]

@@ -248,7 +248,8 @@ def build_on(env: dict[str, str | None], out: Path, video: Path, *extra: str) ->
     sources.write_text(f"{video}\n")
     environment = {k: v for k, v in (os.environ | env).items() if v is not None}
     return subprocess.Popen(
-        [CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG), *extra],
+        [CLI, "build", "--source", str(sources), "--out", str(out), "--config", str(TINY_CONFIG)]
+        + ["--set", "narration.enabled=false", *extra],  # the real LLM narrator costs CPU seconds a clip
         env=environment,
         text=True,
         stderr=subprocess.PIPE,

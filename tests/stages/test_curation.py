@@ -27,7 +27,7 @@ SILENCE = "anullsrc=r=16000:cl=mono"
 
 
 def tiny_config(**overrides):
-    return load_config(TINY_CONFIG, overrides)
+    return load_config(TINY_CONFIG, {"narration.enabled": False, **overrides})  # the real LLM: CPU-s a clip
 
 
 def speech_wav(directory: Path, text: str) -> Path:

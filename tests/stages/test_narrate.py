@@ -1,0 +1,214 @@
+"""Narration: windows, prompts, the checks and the fallback, with a scripted backend; one real small model."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from cosmo_data.models.llm import Generation, GenerationTimeout
+from cosmo_data.schemas.config import NarrationConfig
+from cosmo_data.schemas.records import Clip, Document, Sentence, VideoRecord
+from cosmo_data.stages.narrate import NARRATION_SOURCE, ClipEvidence, Narrator, Prompt, apply_outcomes, clip_evidence
+from cosmo_data.stages.narration_grounding import (
+    BAD_JSON,
+    EMPTY,
+    NARRATED,
+    NO_EVIDENCE,
+    TIMEOUT,
+    UNSUPPORTED,
+    WRONG_CLIPS,
+    check_narration,
+)
+
+
+class ScriptedBackend:
+    """Answers each prompt with the next scripted text; counts tokens as words."""
+
+    def __init__(self, answers: list[str | Exception]):
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+
+    def chat(self, system: str, user: str) -> str:
+        return f"{system}\n{user}\n"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts, max_new_tokens, json_schemas=None):
+        self.prompts += prompts
+        out = []
+        for _ in prompts:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            out.append(Generation(answer, len(answer.split())))
+        return out
+
+
+def kitchen_clips() -> list[ClipEvidence]:
+    return [
+        ClipEvidence(0, 0.0, 5.0, ["a man cutting an onion on a wooden board"], ["Now slice the onion thin."]),
+        ClipEvidence(1, 5.0, 9.0, ["a frying pan with butter on a stove"], ["Melt the butter first."]),
+    ]
+
+
+def answer(*entries: tuple[int, str]) -> str:
+    # What the model writes after the answer start the narrator gives it (the first entry's opening).
+    text = json.dumps([{"clip": k, "narration": t} for k, t in entries])
+    return text[len(f'[{{"clip": {entries[0][0]}, "narration": "') :]
+
+
+def narrate(answers, clips=None, **config):
+    backend = ScriptedBackend(answers)
+    narrator = Narrator(backend, NarrationConfig(**config), Prompt.read(None))
+    return narrator.narrate([clips or kitchen_clips()])[0], backend
+
+
+def test_a_grounded_answer_is_kept_for_every_clip():
+    outcomes, _ = narrate(
+        [
+            answer(
+                (0, "A man slices an onion thin on a wooden board."), (1, "Butter melts in a frying pan on the stove.")
+            )
+        ]
+    )
+    assert [o.status for o in outcomes] == [NARRATED, NARRATED]
+    assert outcomes[0].narration == "A man slices an onion thin on a wooden board."
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ('[{"clip": 0, "narration": "A man slices an onion', BAD_JSON),  # cut off mid-string
+        ("Sure! Here is the narration of the clips.", BAD_JSON),
+    ],
+)
+def test_broken_json_falls_back_for_the_whole_window(raw, status):
+    backend = ScriptedBackend([])
+    narrator = Narrator(backend, NarrationConfig(), Prompt.read(None))
+    backend.answers = [raw[len('[{"clip": 0, "narration": "') :] if raw.startswith("[") else raw]
+    outcomes = narrator.narrate([kitchen_clips()])[0]
+    assert [o.status for o in outcomes] == [status, status]
+    assert all(o.detail for o in outcomes)
+
+
+def test_each_kind_of_bad_output_falls_back_with_its_reason():
+    # A wrong clip count fails its window; an invented object and an empty text fail their own clip only.
+    outcomes, _ = narrate([answer((0, "A man slices an onion thin."))])
+    assert [o.status for o in outcomes] == [WRONG_CLIPS, WRONG_CLIPS]
+    outcomes, _ = narrate([answer((0, "A man slices a pineapple with a chainsaw."), (1, ""))])
+    assert [o.status for o in outcomes] == [UNSUPPORTED, EMPTY]
+    assert "pineapple" in outcomes[0].detail and "chainsaw" in outcomes[0].detail
+    outcomes, _ = narrate([GenerationTimeout("generate ran past 1 s")])
+    assert [o.status for o in outcomes] == [TIMEOUT, TIMEOUT]
+
+
+def test_failed_clips_keep_their_sentences_and_narrated_ones_span_their_clip():
+    record = VideoRecord("v", "v.mp4", 0)
+    record.clips = [Clip(0, 0.0, 5.0), Clip(1, 5.0, 9.0), Clip(2, 9.0, 12.0)]
+    sentences = [
+        Sentence("a man cutting an onion on a wooden board", 2.0, 2.0, "caption"),
+        Sentence("Now slice the onion thin.", 1.0, 4.0, "asr"),
+        Sentence("a frying pan with butter on a stove", 7.0, 7.0, "caption"),
+        Sentence("Melt the butter first.", 6.0, 8.0, "asr"),
+    ]
+    record.document = Document("v", sorted(sentences, key=lambda s: s.start_s))
+    evidence = clip_evidence(record.clips, record.document.sentences)
+    assert [e.texts for e in evidence][2] == []
+    backend = ScriptedBackend([answer((0, "A man slices an onion thin on a board."), (1, "A robot juggles oranges."))])
+    outcomes = Narrator(backend, NarrationConfig(), Prompt.read(None)).narrate([evidence])[0]
+    assert [o.status for o in outcomes] == [NARRATED, UNSUPPORTED, NO_EVIDENCE]
+    apply_outcomes(record, outcomes)
+    assert [c.narration_status for c in record.clips] == [NARRATED, UNSUPPORTED, NO_EVIDENCE]
+    texts = [(s.text, s.source, s.start_s, s.end_s) for s in record.document.sentences]
+    assert texts == [
+        ("A man slices an onion thin on a board.", NARRATION_SOURCE, 0.0, 5.0),
+        ("Melt the butter first.", "asr", 6.0, 8.0),
+        ("a frying pan with butter on a stove", "caption", 7.0, 7.0),
+    ]
+    assert record.document.n_tokens == sum(len(t[0].split()) for t in texts)
+
+
+def test_long_videos_go_in_windows_that_carry_the_previous_narration():
+    clips = [ClipEvidence(k, 5.0 * k, 5.0 * k + 5, [f"a man stirs pot number {k}"], []) for k in range(6)]
+    answers = [answer((0, "A man stirs pot number 0."), (1, "A man stirs pot number 1."))]
+    answers += [answer((2, "A man stirs pot number 2."), (3, "A man stirs pot number 3."))]
+    answers += [answer((4, "A man stirs pot number 4."), (5, "A man stirs pot number 5."))]
+    # Words as tokens: the prompt's fixed part plus two clips' blocks and output budgets fit, three do not.
+    outcomes, backend = narrate(answers, clips, max_context_tokens=320, tokens_per_clip=40, min_words=3)
+    assert [o.status for o in outcomes] == [NARRATED] * 6
+    assert len(backend.prompts) == 3
+    assert "Clip 2" in backend.prompts[1] and "Clip 1 " not in backend.prompts[1]
+    assert 'narrated: "A man stirs pot number 1."' in backend.prompts[1]
+
+
+def test_support_is_measured_on_content_words():
+    config = NarrationConfig()
+    evidence = ["a woman pours flour into a glass bowl", "Add two cups of flour."]
+    assert check_narration("The woman pours two cups of flour into a bowl.", evidence, config).status == NARRATED
+    verdict = check_narration("The woman pours sugar and salt into a bowl.", evidence, config)
+    assert verdict.status == UNSUPPORTED and verdict.detail == "sugar, salt"
+
+
+@pytest.fixture(scope="module")
+def narrated_corpus(demo_videos, tmp_path_factory):
+    """One build of a generated how-to video with tiny.yaml's real narrator, SmolLM2-135M-Instruct (short
+    answers: the suite pays for its tokens on CPU)."""
+    from cosmo_data.cli import TINY_CONFIG
+    from cosmo_data.pipeline.build import build
+    from cosmo_data.schemas.config import load_config
+
+    sources = tmp_path_factory.mktemp("narrate_sources") / "sources.txt"
+    sources.write_text(f"{demo_videos[0]}\n")
+    out = tmp_path_factory.mktemp("narrated") / "out"
+    build([sources], out, load_config(TINY_CONFIG, {"narration.tokens_per_clip": 24}))
+    return out
+
+
+@pytest.mark.slow
+def test_a_build_narrates_every_clip_with_its_own_span_and_keeps_only_grounded_narrations(narrated_corpus):
+    from cosmo_data.cli import TINY_CONFIG
+    from cosmo_data.corpus.narrate import video_records
+    from cosmo_data.corpus.rewrite import read_tables
+    from cosmo_data.schemas.config import load_config
+    from cosmo_data.stages.document import build_sentences
+
+    config = load_config(TINY_CONFIG).narration
+    videos = video_records(read_tables(narrated_corpus))
+    assert videos
+    statuses = []
+    for video in videos:
+        document, clips = video.document, video.record.clips
+        # What the narrator read: each clip's captions and speech, rebuilt from the tables as the build made them.
+        evidence = {e.clip_idx: e for e in clip_evidence(clips, build_sentences(video.record))}
+        rows = {
+            c["clip_idx"]: c
+            for c in read_tables(narrated_corpus)["clips"].to_pylist()
+            if c["video_id"] == video.record.video_id
+        }
+        sentences = list(
+            zip(
+                document["text_list"],
+                document["sentence_start_s"],
+                document["sentence_end_s"],
+                document["sentence_source"],
+            )
+        )
+        for clip in clips:
+            row = rows[clip.clip_idx]
+            statuses.append(row["narration_status"])
+            inside = [s for s in sentences if clip.start_s <= (s[1] + s[2]) / 2 < clip.end_s]
+            if row["narration_status"] == NARRATED:
+                # Its sentences are the narration's, each spanning exactly the clip, and it passes the checks.
+                assert inside and all(
+                    s[3] == NARRATION_SOURCE and (s[1], s[2]) == (clip.start_s, clip.end_s) for s in inside
+                )
+                assert " ".join(s[0] for s in inside) == " ".join(row["narration"].split())
+                assert check_narration(row["narration"], evidence[clip.clip_idx].texts, config).status == NARRATED
+            else:  # fell back: the clip's own sentences stay
+                assert all(s[3] != NARRATION_SOURCE for s in inside)
+                assert sorted(s[0] for s in inside) == sorted(evidence[clip.clip_idx].texts)
+    assert statuses and all(statuses)  # every clip has an outcome
+    print("narration outcomes:", dict(Counter(statuses)))
