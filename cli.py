@@ -293,7 +293,9 @@ def narrate(
     out: Annotated[str, typer.Argument(help="a built corpus (folder or s3://bucket/prefix)")],
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", "-c", help="YAML config whose narration: to use (default: the build's)"),
+        typer.Option(
+            "--config", "-c", metavar="FILE", help="YAML config whose narration: to use (default: the build's)"
+        ),
     ] = None,
 ) -> None:
     """Narrate every clip again with the configured LLM and prompt, from the stored captions, speech and
