@@ -131,7 +131,12 @@ class VideoStageConfig(_Strict):
 
 class AsrConfig(_Strict):
     enabled: bool = True
-    model: str = "small"  # whisper name (small, large-v3, turbo, ...) or a checkpoint path
+    # faster_whisper: CTranslate2 (int8 on CPU, float16 on GPU); openai_whisper: the reference PyTorch code.
+    backend: Literal["faster_whisper", "openai_whisper"] = "openai_whisper"
+    # A name either backend's library resolves (faster-whisper: small.en, distil-large-v3, large-v3, ...;
+    # openai-whisper: small, turbo, ...), tiny.en from its registry package (models/asr.py), a
+    # CTranslate2 folder or whisper checkpoint file, or tiny-random (openai_whisper only).
+    model: str = "small"
     language: str | None = None  # None detects it
     fp16: bool = True  # used on GPU only
     beam_size: int | None = None
