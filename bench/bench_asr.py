@@ -82,6 +82,8 @@ def cpu_s() -> float:
 
 def run(backend: str, windows: str, beam: int | None, libri, steps_pcm, spans) -> dict:
     config = {"backend": backend, "model": "tiny.en", "windows": windows, "temperatures": [0.0], "beam_size": beam}
+    # beam 1 is greedy; openai-whisper's beam search takes beam_size None for that.
+    config["beam_size"] = None if beam == 1 else beam
     stage = AsrStage(BuildConfig.model_validate({"asr": {**config, "resources": {"gpus": 0, "cpus": 2}}}))
     stage.setup()
     records = [VideoRecord(f"l{i}", f"l{i}", i, audio_pcm=pcm) for i, (pcm, _) in enumerate(libri)]
@@ -98,7 +100,7 @@ def run(backend: str, windows: str, beam: int | None, libri, steps_pcm, spans) -
     return {
         "backend": backend,
         "windows": windows,
-        "beam_size": beam or 1,
+        "beam_size": beam,
         "wer_librivox": round(word_errors([t for _, t in libri], texts[:-1]).rate, 4),
         "wer_espeak": round(word_errors([" ".join(STEPS)], texts[-1:]).rate, 4),
         "start_error_s_mean": None if not segments else round(float(np.mean(start_errors)), 3),
@@ -113,13 +115,16 @@ def run(backend: str, windows: str, beam: int | None, libri, steps_pcm, spans) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/asr.json"))
+    parser.add_argument("--backend", nargs="+", default=["faster_whisper", "openai_whisper"])
+    parser.add_argument("--windows", nargs="+", default=["batched", "sequential"])
+    parser.add_argument("--beam", nargs="+", type=int, default=[1, 5])
     args = parser.parse_args()
     libri = librivox()
     steps_pcm, spans = espeak_steps()
     results = []
-    for backend in ("faster_whisper", "openai_whisper"):
-        for windows in ("batched", "sequential"):
-            for beam in (None, 5):
+    for backend in args.backend:
+        for windows in args.windows:
+            for beam in args.beam:
                 result = run(backend, windows, beam, libri, steps_pcm, spans)
                 print(json.dumps({k: v for k, v in result.items() if k != "espeak_text"}), flush=True)
                 results.append(result)

@@ -151,8 +151,9 @@ class AsrConfig(_Strict):
     no_speech_threshold: float | None = 0.6
     # Audio quieter than this (RMS, dBFS) has no speech; whisper is not run on it.
     silence_dbfs: float = -60.0
-    # batched: audio cut at quiet points into independent <=30 s windows decoded many at once;
-    # sequential: whisper.transcribe's own seek loop, segment for segment.
+    # batched: audio cut at quiet points into independent <=30 s windows decoded many at once
+    # (faster_whisper: its BatchedInferencePipeline over Silero-VAD speech chunks, one video at a time);
+    # sequential: the library's own transcribe seek loop, segment for segment.
     windows: Literal["batched", "sequential"] = "batched"
     # Windows per encoder/decoder pass, across the videos of a batch (batched windows only).
     window_batch: int = Field(16, ge=1)
