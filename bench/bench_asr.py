@@ -80,10 +80,10 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(backend: str, windows: str, beam: int | None, libri, steps_pcm, spans) -> dict:
-    config = {"backend": backend, "model": "tiny.en", "windows": windows, "temperatures": [0.0], "beam_size": beam}
-    # beam 1 is greedy; openai-whisper's beam search takes beam_size None for that.
-    config["beam_size"] = None if beam == 1 else beam
+def run(backend: str, windows: str, beam: int, libri, steps_pcm, spans) -> dict:
+    # Beam 1 is greedy: beam_size None, as openai-whisper takes it.
+    beam_size = None if beam == 1 else beam
+    config = {"backend": backend, "model": "tiny.en", "windows": windows, "temperatures": [0.0], "beam_size": beam_size}
     stage = AsrStage(BuildConfig.model_validate({"asr": {**config, "resources": {"gpus": 0, "cpus": 2}}}))
     stage.setup()
     records = [VideoRecord(f"l{i}", f"l{i}", i, audio_pcm=pcm) for i, (pcm, _) in enumerate(libri)]

@@ -208,6 +208,17 @@ def test_batched_transcription_matches_whisper_transcribe(cache, speech_pcm):
     assert max(s.start_s for s in batched[1].segments) >= 30.0
 
 
+def test_beam_search_decodes_several_windows(cache, speech_pcm):
+    """openai-whisper's beam search fails on a batch of windows; the stage decodes them one by one."""
+    config = {**FAST, "beam_size": 2, "windows": "batched"}
+    stage = AsrStage(BuildConfig.model_validate({"asr": config}))
+    stage.setup()
+    pcm = repeated(speech_pcm, 40)  # two windows in one pass
+    [done] = stage.process([record("talk.mp4", pcm)])
+    assert_well_formed(done, len(pcm) / 2 / SAMPLE_RATE)
+    assert max(s.start_s for s in done.transcript) > 20.0
+
+
 def _result(tokens: list[int], avg_logprob: float = -0.5, no_speech_prob: float = 0.01):
     return SimpleNamespace(tokens=tokens, avg_logprob=avg_logprob, no_speech_prob=no_speech_prob)
 
