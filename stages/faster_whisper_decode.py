@@ -90,5 +90,5 @@ def _transcription(found: list[LibrarySegment], info: TranscriptionInfo, setting
     seconds = sum(s.end_s - s.start_s for s in segments)
     no_speech = sum((s.end_s - s.start_s) * s.no_speech_prob for s in segments) / seconds if seconds else None
     logprob = sum((s.end_s - s.start_s) * s.avg_logprob for s in segments) / seconds if seconds else None
-    detected = settings.language is None and info.language_probability < 1
+    detected = info.all_language_probs is not None  # None where the language was given or the model is English-only
     return Transcription(info.language, segments, info.language_probability if detected else None, no_speech, logprob)
