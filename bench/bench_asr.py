@@ -128,9 +128,10 @@ def main() -> None:
                 result = run(backend, windows, beam, libri, steps_pcm, spans)
                 print(json.dumps({k: v for k, v in result.items() if k != "espeak_text"}), flush=True)
                 results.append(result)
-    report = {"machine": platform.processor() or platform.machine(), "model": "tiny.en", "runs": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+                # Written after every run: openai-whisper's beam search runs take minutes on 2 cores.
+                report = {"machine": platform.processor() or platform.machine(), "model": "tiny.en", "runs": results}
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
