@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_scale.py --real --out bench/results/scale_real.json
 	$(VENV)/bin/python bench/bench_train.py --out bench/results/train.json
 	$(VENV)/bin/python bench/bench_dedup.py --out bench/results/dedup.json
+	$(VENV)/bin/python bench/bench_asr.py --out bench/results/asr.json
 
 # On a GPU machine (see docs/GPU_BENCH.md for a lent one that lacks packages): every GPU path in one run.
 bench-gpu: $(STAMP)

@@ -378,7 +378,7 @@ def demo(
 ) -> None:
     """Generate sample videos and build a corpus from them offline with tiny models, then print its stats."""
     from cosmo_data.corpus.stats import compute_stats, format_stats
-    from cosmo_data.pipeline.generated_media import make_demo_videos
+    from cosmo_data.pipeline.demo_media import make_demo_videos
 
     videos = make_demo_videos(out / "_samples")
     source = out / "_samples" / "sources.txt"

@@ -288,10 +288,14 @@ def tiny_blip_directory() -> Path:
 
 
 def load_whisper(model: str, device: str) -> Whisper:
-    """whisper.load_model for a whisper name, a checkpoint file, or TINY_WHISPER."""
+    """whisper.load_model for a whisper name, a checkpoint file, TINY_WHISPER, or a packaged real model
+    (models/asr.py: tiny.en from its registry package, converted once, instead of whisper's download)."""
     import whisper
 
-    reference = str(tiny_whisper_checkpoint()) if model == TINY_WHISPER else model
+    from cosmo_data.models.asr import openai_whisper_checkpoint
+
+    packaged = openai_whisper_checkpoint(model)
+    reference = str(tiny_whisper_checkpoint()) if model == TINY_WHISPER else str(packaged) if packaged else model
     if reference not in whisper.available_models() and not os.path.isfile(reference):
         raise ModelError(
             f"asr model {model!r} is neither a whisper model name ({', '.join(whisper.available_models())}), "
@@ -364,8 +368,14 @@ def download_models(config: BuildConfig) -> list[str]:
     fetched = []
     if config.asr.enabled:
         started = time.perf_counter()
-        load_whisper(config.asr.model, "cpu")
-        fetched.append(f"asr: whisper {config.asr.model} ({time.perf_counter() - started:.1f} s)")
+        if config.asr.backend == "faster_whisper":
+            from cosmo_data.models.asr import load_faster_whisper
+
+            load_faster_whisper(config.asr.model, "cpu", fp16=False)
+        else:
+            load_whisper(config.asr.model, "cpu")
+        what = f"{config.asr.backend.replace('_', '-')} {config.asr.model}"
+        fetched.append(f"asr: {what} ({time.perf_counter() - started:.1f} s)")
     if config.caption.enabled:
         started = time.perf_counter()
         if config.caption.backend == "open_clip":

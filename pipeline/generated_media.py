@@ -176,15 +176,19 @@ def make_sample_video(
     speech_gap_s: float = 0.8,
     keyframe_interval_s: float = 2.0,
     preset: str = "ultrafast",
+    footage: list[tuple[Path, float]] | None = None,
 ) -> GroundTruth:
     """Write a video of shots (`segments` = shot lengths in seconds) joined by `transitions`.
 
     Gradual transitions last TRANSITION_S; a dissolve or fadeblack overlaps the two shots, so the
     video is shorter than sum(segments) by TRANSITION_S per overlap. The container and codecs follow
     the suffix (.mp4/.mov/.mkv: H.264 + AAC, .webm: VP8 + Opus); `preset` is x264's (ultrafast keeps
-    tests quick; slower presets add B-frames and CABAC, as real uploads have). Returns (and saves) the
-    ground truth.
+    tests quick; slower presets add B-frames and CABAC, as real uploads have). `footage` gives each shot
+    as (video file, start second) of real footage, scaled and cropped to `size`, instead of a generated
+    pattern; each such shot must lie inside one shot of its source. Returns (and saves) the ground truth.
     """
+    if footage is not None and len(footage) != len(segments):
+        raise ValueError("need one (file, start) of footage per segment")
     if len(transitions) != len(segments) - 1:
         raise ValueError("need exactly one transition between each pair of segments")
     unknown = set(transitions) - set(TRANSITIONS)
@@ -194,7 +198,7 @@ def make_sample_video(
     segments = [int(length * fps + 0.5) / fps for length in segments]
     _check_segment_lengths(segments, transitions)
     width, height = size
-    video_graph, boundaries, duration = _video_graph(segments, transitions, width, height, fps, seed)
+    duration = _duration(segments, transitions)
 
     with tempfile.TemporaryDirectory(prefix="cosmo_sample_") as scratch:
         spoken, speech_inputs = [], []
@@ -203,6 +207,12 @@ def make_sample_video(
         inputs: list[str] = []
         for wav in speech_inputs:
             inputs += ["-i", file_arg(wav)]
+        sources = None
+        if footage is not None:  # inputs after the speech: the audio graph numbers speech from 0
+            sources = [_footage_source(len(speech_inputs) + i, width, height, fps) for i in range(len(footage))]
+            for (video, start_s), length in zip(footage, segments):
+                inputs += ["-ss", f"{start_s:.3f}", "-t", f"{length + 0.5:.3f}", "-i", file_arg(video)]
+        video_graph, boundaries, duration = _video_graph(segments, transitions, width, height, fps, seed, sources)
         graph = [video_graph]
         maps = ["-map", "[video]"]
         if audio:
@@ -264,10 +274,30 @@ def _shot_source(index: int, width: int, height: int, fps: float, seed: int) -> 
     )
 
 
+def _duration(segments: list[float], transitions: list[str]) -> float:
+    overlaps = sum(TRANSITION_S for t in transitions if t in (DISSOLVE, FADEBLACK))
+    return sum(segments) - overlaps
+
+
+def _footage_source(input_index: int, width: int, height: int, fps: float) -> str:
+    """A footage input scaled to cover the frame, centre-cropped, at the video's rate (trimmed by the shot)."""
+    return (
+        f"[{input_index}:v]scale={width}:{height}:force_original_aspect_ratio=increase,"
+        f"crop={width}:{height},fps={fps},setpts=PTS-STARTPTS"
+    )
+
+
 def _video_graph(
-    segments: list[float], transitions: list[str], width: int, height: int, fps: float, seed: int
+    segments: list[float],
+    transitions: list[str],
+    width: int,
+    height: int,
+    fps: float,
+    seed: int,
+    sources: list[str] | None = None,
 ) -> tuple[str, list[TruthBoundary], float]:
-    """Filter graph producing [video], the ground-truth boundaries and the total duration."""
+    """Filter graph producing [video], the ground-truth boundaries and the total duration; shots come from
+    `sources` (filter chains of footage inputs) when given, else from generated patterns."""
     chains: list[str] = []
     for index, length in enumerate(segments):
         fades = []
@@ -277,10 +307,10 @@ def _video_graph(
             fades.append(f"fade=t=out:st={length - TRANSITION_S / 2}:d={TRANSITION_S / 2}")
         # A hue turn per shot keeps repeated source kinds apart; format/fps/timebase let xfade join them.
         steps = [
-            _shot_source(index, width, height, fps, seed),
-            f"trim=start={SOURCE_WARMUP_S}:duration={length}",
+            sources[index] if sources else _shot_source(index, width, height, fps, seed),
+            f"trim=duration={length}" if sources else f"trim=start={SOURCE_WARMUP_S}:duration={length}",
             "setpts=PTS-STARTPTS",
-            f"hue=h={(index * 67 + seed * 29) % 360}",
+            *([] if sources else [f"hue=h={(index * 67 + seed * 29) % 360}"]),
             "format=yuv420p",
             "setsar=1",
             f"fps={fps}",
@@ -367,55 +397,3 @@ def _codec_args(path: Path, fps: float, keyframe_interval_s: float, audio: bool,
         sound = ["-c:a", "aac", "-b:a", "64k"]
     container = ["-movflags", "+faststart"] if suffix in (".mp4", ".mov", ".m4v") else []
     return [*video, *(sound if audio else ["-an"]), *container]
-
-
-# Demo videos -------------------------------------------------------------------------------------
-
-DEMO_SCRIPTS: tuple[dict, ...] = (
-    {
-        "name": "demo_kitchen.mp4",
-        "segments": [4.5, 5.0, 4.0, 5.5],
-        "transitions": [CUT, DISSOLVE, CUT],
-        "speech": [
-            "First, wash the vegetables under cold water.",
-            "Next, chop the onions into small pieces.",
-            "Heat a little oil in a large pan.",
-            "Finally, add the onions and stir for five minutes.",
-        ],
-    },
-    {
-        "name": "demo_garden.mp4",
-        "segments": [5.0, 4.0, 5.0, 4.0, 4.5],
-        "transitions": [FADE, CUT, DISSOLVE, CUT],
-        "speech": [
-            "Choose a sunny spot for the flower bed.",
-            "Dig the soil about twenty centimeters deep.",
-            "Plant the seeds in straight rows.",
-            "Water them gently every morning.",
-        ],
-    },
-    {
-        "name": "demo_bicycle.mp4",
-        "segments": [5.5, 5.0, 5.0, 5.5],
-        "transitions": [DISSOLVE, CUT, FADEBLACK],
-        "speech": [
-            "Turn the bicycle upside down.",
-            "Remove the wheel by opening the quick release lever.",
-            "Find the hole in the inner tube and patch it.",
-            "Put the wheel back and pump up the tyre.",
-        ],
-    },
-)
-
-
-def make_demo_videos(directory: Path) -> list[Path]:
-    """Three short (~16-22 s, 320x240, 25 fps) how-to style videos with speech and ground truth."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed, script in enumerate(DEMO_SCRIPTS):
-        path = directory / script["name"]
-        make_sample_video(
-            path, segments=script["segments"], transitions=script["transitions"], speech=script["speech"], seed=seed
-        )
-        paths.append(path)
-    return paths

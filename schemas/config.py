@@ -169,7 +169,12 @@ class VideoStageConfig(_Strict):
 
 class AsrConfig(_Strict):
     enabled: bool = True
-    model: str = "small"  # whisper name (small, large-v3, turbo, ...) or a checkpoint path
+    # faster_whisper: CTranslate2 (int8 on CPU, float16 on GPU); openai_whisper: the reference PyTorch code.
+    backend: Literal["faster_whisper", "openai_whisper"] = "openai_whisper"
+    # A name either backend's library resolves (faster-whisper: small.en, distil-large-v3, large-v3, ...;
+    # openai-whisper: small, turbo, ...), tiny.en from its registry package (models/asr.py), a
+    # CTranslate2 folder or whisper checkpoint file, or tiny-random (openai_whisper only).
+    model: str = "small"
     language: str | None = None  # None detects it
     fp16: bool = True  # used on GPU only
     beam_size: int | None = None
@@ -184,8 +189,9 @@ class AsrConfig(_Strict):
     no_speech_threshold: float | None = 0.6
     # Audio quieter than this (RMS, dBFS) has no speech; whisper is not run on it.
     silence_dbfs: float = -60.0
-    # batched: audio cut at quiet points into independent <=30 s windows decoded many at once;
-    # sequential: whisper.transcribe's own seek loop, segment for segment.
+    # batched: audio cut at quiet points into independent <=30 s windows decoded many at once
+    # (faster_whisper: its BatchedInferencePipeline over Silero-VAD speech chunks, one video at a time);
+    # sequential: the library's own transcribe seek loop, segment for segment.
     windows: Literal["batched", "sequential"] = "batched"
     # Windows per encoder/decoder pass, across the videos of a batch (batched windows only).
     window_batch: int = Field(16, ge=1)

@@ -12,6 +12,8 @@ command -v chromium >/dev/null || need+=(chromium)
 [ -f /usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4 ] || need+=(python3-imageio)
 [ -f /usr/share/doc/pd-extendedview/media/diver.mov ] || need+=(pd-extendedview)
 [ -f /usr/share/gem/examples/data/homer.avi ] || need+=(gem-doc)
+# Real speech with transcripts for the ASR tests and bench_asr: 5 LibriVox utterances (public domain).
+[ -f /usr/share/pocketsphinx/test/data/librivox/transcription ] || need+=(pocketsphinx-testdata)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

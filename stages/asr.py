@@ -1,7 +1,9 @@
-"""Speech recognition with openai-whisper (AsrStage), batched across the videos of a batch.
+"""Speech recognition (AsrStage) on one of two Whisper backends, config asr.backend.
 
-The windowing and decoding (batched independent windows, or whisper.transcribe's sequential seek loop)
-live in stages/whisper_windows.py. Once transcribed, a record's audio is dropped: nothing after ASR
+openai_whisper: the windowing and decoding (batched independent windows across the videos of a
+batch, or whisper.transcribe's sequential seek loop) live in stages/whisper_windows.py.
+faster_whisper: the same windows through faster-whisper's own batched pipeline, or its transcribe
+loop (stages/faster_whisper_decode.py); models/asr.py loads its weights. Once transcribed, a record's audio is dropped: nothing after ASR
 needs it, and it is ~32 KB per second of video.
 """
 
@@ -13,10 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cosmo_data.models import load_whisper, pick_device
+from cosmo_data.models.asr import load_faster_whisper
 from cosmo_data.schemas.config import BuildConfig
 from cosmo_data.schemas.records import ASR_FAILED, Segment, VideoFailure, VideoRecord
 from cosmo_data.stages.base import process_batched, resources_from
 from cosmo_data.stages.captions import has_platform_text
+from cosmo_data.stages.faster_whisper_decode import transcribe_batched_ct2, transcribe_sequential_ct2
 from cosmo_data.stages.whisper_windows import (
     SAMPLE_RATE,
     DecodeSettings,
@@ -27,6 +31,7 @@ from cosmo_data.stages.whisper_windows import (
 )
 
 if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
     from whisper.model import Whisper
 
 
@@ -60,12 +65,18 @@ class AsrStage:
             no_speech_threshold=self.config.no_speech_threshold,
             fp16=self.config.fp16,
         )
-        self.model: Whisper | None = None
+        self.model: Whisper | WhisperModel | None = None
 
     def setup(self) -> None:
+        device = pick_device(self.config.resources)
+        if self.config.backend == "faster_whisper":
+            # CTranslate2 threads: the stage's declared cpus (Ray gives torch as many).
+            cpu_threads = max(1, int(self.config.resources.cpus))
+            self.model = load_faster_whisper(self.config.model, device, self.config.fp16, cpu_threads)
+            return
         import whisper
 
-        self.model = load_whisper(self.config.model, pick_device(self.config.resources))
+        self.model = load_whisper(self.config.model, device)
         # Whisper's tokenizer loads its vocabulary, and tiktoken compiles its special-token pattern,
         # on first use (0.7 s on 2 cores): here, not after the first video's decode. Every language's
         # tokenizer shares both.
@@ -84,14 +95,19 @@ class AsrStage:
             if audio is not None and not is_silent(audio, self.config.silence_dbfs):
                 speaking.append((record, audio))
         audios = [audio for _, audio in speaking]
+        faster = self.config.backend == "faster_whisper"
         if not audios:
             transcriptions = []
+        elif self.config.windows == "batched" and faster:
+            transcriptions = transcribe_batched_ct2(self.model, audios, self.settings, self.config.window_batch)
         elif self.config.windows == "batched":
             transcriptions = transcribe_batched(
                 self.model, audios, self.settings, self.config.silence_dbfs, self.config.window_batch
             )
         else:
-            transcriptions = transcribe_sequential(self.model, audios, self.settings)
+            transcriptions = (transcribe_sequential_ct2 if faster else transcribe_sequential)(
+                self.model, audios, self.settings
+            )
         for record in records:
             record.transcript = []
         for (record, audio), transcription in zip(speaking, transcriptions):

@@ -306,8 +306,13 @@ def _decode_with_fallback(
                 best_of=settings.best_of if temperature > 0 else None,
                 fp16=dtype == torch.float16,
             )
-            for i, result in zip(group, whisper.decode(model, features[group], options)):
-                results[i] = result
+            # openai-whisper's beam search fails on more than one window at a time ("size of tensor a
+            # (10) must match ... b (2)": 20250625 sizes its cross-attention cache for the windows, not
+            # windows x beams), so beam-searched windows decode one by one.
+            beams = options.beam_size is not None and options.beam_size > 1
+            for part in [[i] for i in group] if beams else [group]:
+                for i, result in zip(part, whisper.decode(model, features[part], options)):
+                    results[i] = result
         pending = [i for i in pending if _needs_fallback(results[i], settings)]
         if not pending:
             break

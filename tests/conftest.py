@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cosmo_data.cli import TINY_CONFIG
-from cosmo_data.pipeline.generated_media import make_demo_videos
+from cosmo_data.pipeline.demo_media import make_demo_videos
 from cosmo_data.schemas.config import BuildConfig, load_config
 
 
