@@ -86,6 +86,19 @@ def test_the_model_writes_only_each_narration_and_the_answer_always_parses():
     )
 
 
+def test_a_narration_that_runs_on_keeps_its_first_whole_sentences():
+    outcomes, _ = narrate(
+        [
+            "A man slices an onion. A man slices an onion. A man slices an onion. A man slices an onion. A man sl",
+            "Melt the butter in a frying pan. Melt the butter on the st",
+        ]
+    )
+    assert [o.narration for o in outcomes] == [
+        "A man slices an onion. A man slices an onion. A man slices an onion.",  # max_sentences: 3
+        "Melt the butter in a frying pan.",
+    ]
+
+
 def test_videos_with_fewer_clips_leave_the_later_slots_batch():
     backend = ScriptedBackend(["A man slices an onion thin.", "A man slices the onion on a board.", "Melt the butter."])
     narrator = Narrator(backend, NarrationConfig(min_words=3), Prompt.read(None))
@@ -163,6 +176,8 @@ def test_support_is_measured_on_content_words():
     assert check_narration("The woman pours two cups of flour into a bowl.", evidence, config).status == NARRATED
     verdict = check_narration("The woman pours sugar and salt into a bowl.", evidence, config)
     assert verdict.status == UNSUPPORTED and verdict.detail == "sugar, salt"
+    verdict = check_narration("A how-to video in 4 clips.", evidence, config)  # says nothing about the clip
+    assert verdict.status == UNSUPPORTED and verdict.detail == "no content words"
 
 
 @pytest.fixture(scope="module")
