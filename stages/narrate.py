@@ -189,7 +189,8 @@ class Narrator:
         writes the answer's skeleton and the model only each narration's text. For clip slot j, every
         window that has one continues its prompt with the answer so far and `{"clip": k, "narration": "`,
         and generates up to a closing quote or a newline (batched: one generate call per slot), kept to
-        max_sentences sentences. The answer is assembled with json.dumps, so it always parses; the checks still judge each narration."""
+        max_sentences sentences. The answer is assembled with json.dumps, so it always parses; the checks
+        still judge each narration."""
         answers: list[list[dict]] = [[] for _ in windows]
         for slot in range(max(len(window) for window in windows)):
             rows = [i for i, window in enumerate(windows) if slot < len(window)]
