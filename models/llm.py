@@ -41,10 +41,15 @@ class Generator(Protocol):
         """Tokens of text in the model's tokenizer."""
 
     def generate(
-        self, prompts: list[str], max_new_tokens: int, json_schemas: list[dict | None] | None = None
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        json_schemas: list[dict | None] | None = None,
+        stop: list[str] | None = None,
     ) -> list[Generation]:
-        """One completion per prompt, same order, each constrained to its JSON schema where the backend can;
-        raises GenerationTimeout past the batch timeout."""
+        """One completion per prompt, same order, each constrained to its JSON schema where the backend can
+        and ended at the first of the stop strings (kept in the text); raises GenerationTimeout past the
+        batch timeout."""
 
 
 def resolve_gguf(model: str, expected_sha256: str | None) -> Path | None:
@@ -142,9 +147,14 @@ class TransformersGenerator:
 
     @no_grad
     def generate(
-        self, prompts: list[str], max_new_tokens: int, json_schemas: list[dict | None] | None = None
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        json_schemas: list[dict | None] | None = None,
+        stop: list[str] | None = None,
     ) -> list[Generation]:
-        # json_schemas: transformers has no constrained decoding of its own; the grounding checks catch bad JSON.
+        # json_schemas: transformers has no constrained decoding of its own; the narrator writes the JSON
+        # skeleton itself and has the model fill each string up to its closing quote (stop).
         results: list[Generation] = []
         for start in range(0, len(prompts), self.per_forward):
             chunk = prompts[start : start + self.per_forward]
@@ -156,10 +166,11 @@ class TransformersGenerator:
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 max_time=self.timeout_s,
+                **({"stop_strings": stop, "tokenizer": self.tokenizer} if stop else {}),
                 **({"do_sample": False} if not sampling else sampling),
             )
             new = output[:, inputs["input_ids"].shape[1] :]
-            if new.shape[1] < max_new_tokens and self._ran_out_of_time(new):
+            if new.shape[1] < max_new_tokens and self._ran_out_of_time(new, stop or []):
                 raise GenerationTimeout(f"generate ran past {self.timeout_s:g} s")
             for row in new:
                 ids = [int(t) for t in row if int(t) != self.tokenizer.pad_token_id]
@@ -167,10 +178,15 @@ class TransformersGenerator:
                 results.append(Generation(text, len(ids)))
         return results
 
-    def _ran_out_of_time(self, new: Any) -> bool:
-        """generate's max_time stops early without saying so: a row that neither ended nor filled its budget."""
+    def _ran_out_of_time(self, new: Any, stop: list[str]) -> bool:
+        """generate's max_time stops early without saying so: a row that neither ended (end of sequence, a
+        stop string) nor filled its budget."""
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        return any(int(row[-1]) not in eos for row in new)
+
+        def ended(row: Any) -> bool:
+            return int(row[-1]) in eos or any(s in self.tokenizer.decode(row, skip_special_tokens=True) for s in stop)
+
+        return not all(ended(row) for row in new)
 
 
 class VllmGenerator:
@@ -205,12 +221,22 @@ class VllmGenerator:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(
-        self, prompts: list[str], max_new_tokens: int, json_schemas: list[dict | None] | None = None
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        json_schemas: list[dict | None] | None = None,
+        stop: list[str] | None = None,
     ) -> list[Generation]:
         from vllm import SamplingParams
 
         params = [
-            SamplingParams(temperature=self.temperature, max_tokens=max_new_tokens, **_guided_json(schema))
+            SamplingParams(
+                temperature=self.temperature,
+                max_tokens=max_new_tokens,
+                stop=stop,
+                include_stop_str_in_output=True,
+                **_guided_json(schema),
+            )
             for schema in json_schemas or [None] * len(prompts)
         ]
         future = self.pool.submit(self.llm.generate, prompts, params, use_tqdm=False)

@@ -13,12 +13,14 @@ window's last narration as context; window k of every video in the batch is gene
 
 from __future__ import annotations
 
+import json
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from cosmo_data.models import pick_device
-from cosmo_data.models.llm import GenerationTimeout, load_generator
+from cosmo_data.models.llm import Generation, GenerationTimeout, load_generator
 from cosmo_data.schemas.config import BuildConfig, NarrationConfig
 from cosmo_data.schemas.corpus_layout import hms
 from cosmo_data.schemas.records import INTERNAL_ERROR, Clip, Document, Sentence, VideoRecord
@@ -119,7 +121,9 @@ class Narrator:
 
     def __init__(self, generator, config: NarrationConfig, prompt: Prompt):
         self.generator, self.config, self.prompt = generator, config, prompt
-        self.guided = config.backend == "vllm"  # vLLM decodes to the window's JSON schema
+        # vLLM decodes a window's whole answer to its JSON schema; transformers fills a skeleton the
+        # narrator writes (_fill_narrations).
+        self.guided = config.backend == "vllm"
         self.output_tokens = 0
 
     def narrate(self, videos: list[list[ClipEvidence]]) -> list[list[ClipOutcome]]:
@@ -135,8 +139,8 @@ class Narrator:
         for round_ in range(max((len(w) for w in windows), default=0)):
             jobs = [(v, w[round_]) for v, w in enumerate(windows) if round_ < len(w)]
             prompts = [self._prompt(videos[v], window, previous[v]) for v, window in jobs]
-            budgets = [self.config.tokens_per_clip * len(window) + 16 for _, window in jobs]
-            texts = self._generate(prompts, max(budgets), [window for _, window in jobs])
+            generate = self._generate if self.guided else self._fill_narrations
+            texts = generate(prompts, [window for _, window in jobs])
             for (v, window), text in zip(jobs, texts):
                 for position, outcome in self._check(videos[v], window, text).items():
                     outcomes[v][position] = outcome
@@ -169,23 +173,59 @@ class Narrator:
             count=len(window),
             indices=", ".join(str(p) for p in window),
         )
-        return self.generator.chat(self.prompt.system, user) + self._answer_start(window)
+        return self.generator.chat(self.prompt.system, user)
 
-    def _answer_start(self, window: list[int]) -> str:
-        """Without constrained decoding the answer is begun for the model: small models then keep to the
-        format far more often (SmolLM2-135M otherwise answers in prose). With it, the schema does that."""
-        return "" if self.guided else f'[{{"clip": {window[0]}, "narration": "'
+    def _generate(self, prompts: list[str], windows: list[list[int]]) -> list[str | Verdict]:
+        """Each window's whole answer in one generate call, decoded to the window's JSON schema where the
+        backend can (vLLM's structured outputs); without that, bad JSON fails the window."""
+        budget = max(self.config.tokens_per_clip * len(window) + 16 for window in windows)
+        generations = self._call(prompts, budget, json_schemas=[window_schema(window) for window in windows])
+        if isinstance(generations, Verdict):
+            return [generations] * len(prompts)
+        return [g.text for g in generations]
 
-    def _generate(self, prompts: list[str], max_new_tokens: int, windows: list[list[int]]) -> list[str | Verdict]:
-        schemas = [window_schema(window) if self.guided else None for window in windows]
+    def _fill_narrations(self, prompts: list[str], windows: list[list[int]]) -> list[str | Verdict]:
+        """Structure-constrained decoding for backends without guided JSON (transformers): the program
+        writes the answer's skeleton and the model only each narration's text. For clip slot j, every
+        window that has one continues its prompt with the answer so far and `{"clip": k, "narration": "`,
+        and generates up to a closing quote or a newline (batched: one generate call per slot), kept to
+        max_sentences sentences. The answer is assembled with json.dumps, so it always parses; the checks
+        still judge each narration."""
+        answers: list[list[dict]] = [[] for _ in windows]
+        for slot in range(max(len(window) for window in windows)):
+            rows = [i for i, window in enumerate(windows) if slot < len(window)]
+            # json.dumps of the answer with this clip's narration empty, cut before that empty string's
+            # closing quote and the list's end: the prompt ends inside the narration's string.
+            opened = [json.dumps([*answers[i], {"clip": windows[i][slot], "narration": ""}])[:-3] for i in rows]
+            generations = self._call(
+                [prompts[i] + answer for i, answer in zip(rows, opened)], self.config.tokens_per_clip, stop=['"', "\n"]
+            )
+            if isinstance(generations, Verdict):
+                return [generations] * len(prompts)
+            for i, generation in zip(rows, generations):
+                text = re.split(r'["\n]', generation.text)[0].rstrip("\\")  # up to the closing quote
+                answers[i].append({"clip": windows[i][slot], "narration": self._first_sentences(text)})
+        return [json.dumps(answer) for answer in answers]
+
+    def _first_sentences(self, text: str) -> str:
+        """A narration is 1 to max_sentences sentences: the skeleton ends it after that many, as it ends the
+        string at its quote, and drops an unfinished last one the budget cut (SmolLM2-135M writes good first
+        sentences, then repeats itself until the budget runs out). A lone unfinished sentence stays, for the
+        checks to judge."""
+        sentences = split_sentences(text)
+        if len(sentences) > 1 and not sentences[-1].endswith((".", "!", "?")):
+            sentences.pop()
+        return " ".join(sentences[: self.config.max_sentences]) if sentences else text.strip()
+
+    def _call(self, prompts: list[str], max_new_tokens: int, **options) -> list[Generation] | Verdict:
         try:
-            generations = self.generator.generate(prompts, max_new_tokens, json_schemas=schemas)
+            generations = self.generator.generate(prompts, max_new_tokens, **options)
         except GenerationTimeout as exc:
-            return [Verdict(TIMEOUT, str(exc))] * len(prompts)
+            return Verdict(TIMEOUT, str(exc))
         except Exception as exc:  # errors are data: the clips keep their sentences, the reason is recorded
-            return [Verdict(BACKEND_ERROR, f"{type(exc).__name__}: {exc}")] * len(prompts)
+            return Verdict(BACKEND_ERROR, f"{type(exc).__name__}: {exc}")
         self.output_tokens += sum(g.output_tokens for g in generations)
-        return [self._answer_start(window) + g.text for window, g in zip(windows, generations)]
+        return generations
 
     def _check(self, clips: list[ClipEvidence], window: list[int], text: str | Verdict) -> dict[int, ClipOutcome]:
         parsed = parse_window(text, window) if isinstance(text, str) else text

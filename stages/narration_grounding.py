@@ -9,8 +9,10 @@ inside its span).
 Support: content words are the narration's lower-case words of 3+ letters that are not function words
 or narrating words ("video", "shows", "person", ...: every narration uses them and no input need say
 them). A content word is supported when a word of the clip's inputs has the same stem (a few English
-suffixes stripped) or, both being 5+ letters, the same first 5 letters (onion/onions, slice/slicing). The
-share of supported content words must reach min_support (0.75 by default): a narration paraphrases, so a
+suffixes stripped) or, both being 5+ letters, the same first 5 letters (onion/onions, slice/slicing). A
+narration needs at least one content word (SmolLM2-135M, given the JSON skeleton, likes to answer "A how-to
+video in 4 clips.", which says nothing about the clip), and the share of supported content words must reach
+min_support (0.75 by default): a narration paraphrases, so a
 connective word in four is allowed, but one invented object in a short narration ("cuts a pineapple"
 where the inputs say onion: 2 of 3 supported, 0.67) fails it. Exact words, not embeddings: an LLM's
 invented object is often semantically near the real one (pineapple/onion), which is exactly what an
@@ -135,6 +137,8 @@ def check_narration(text: str, evidence: list[str], config: NarrationConfig) -> 
     words = content_words(text)
     support = Support.of(evidence)
     unsupported = [w for w in words if not support.supports(w)]
-    if words and 1 - len(unsupported) / len(words) < config.min_support:
+    if not words:  # "A how-to video in 4 clips.": nothing about the clip, so nothing to ground
+        return Verdict(UNSUPPORTED, "no content words")
+    if 1 - len(unsupported) / len(words) < config.min_support:
         return Verdict(UNSUPPORTED, ", ".join(dict.fromkeys(unsupported)))
     return Verdict(NARRATED)
