@@ -39,7 +39,7 @@ def footage_path(name: str) -> Path:
 DEMO_SCRIPTS: tuple[dict, ...] = (
     {
         "name": "demo_kitchen.mp4",
-        "shots": [("cockatoo", 0.0, 5.0), ("diver", 1.0, 6.0), ("bikes", 5.55, 1.85), ("cockatoo", 8.5, 5.0)],
+        "shots": [("cockatoo", 0.0, 5.0), ("diver", 1.0, 6.0), ("cockatoo", 8.5, 5.0), ("bikes", 5.55, 1.85)],
         "transitions": [CUT, DISSOLVE, CUT],
         "speech": [
             "First, wash the vegetables under cold water.",

@@ -66,7 +66,7 @@ def test_a_build_from_sources_with_credentials_writes_and_prints_none_of_them(tm
         base = server.base_url
         assert rows == [
             (f"{base}/files/first.mp4", "ok", None),
-            (f"{base}/files/missing.mp4", "download_failed", rows[1][2]),
+            (f"{base}/files/missing.mp4", "video_unavailable", rows[1][2]),
             (f"{base}/files/second.mp4", "ok", None),
         ], rows
         assert "404" in rows[1][2]
