@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_train.py --out bench/results/train.json
 	$(VENV)/bin/python bench/bench_dedup.py --out bench/results/dedup.json
 	$(VENV)/bin/python bench/bench_asr.py --out bench/results/asr.json
+	$(VENV)/bin/python bench/bench_narrate.py --out bench/results/narrate.json
+	$(VENV)/bin/python bench/bench_rewrite.py --out bench/results/rewrite.json
 
 # On a GPU machine (see docs/GPU_BENCH.md for a lent one that lacks packages): every GPU path in one run.
 bench-gpu: $(STAMP)
