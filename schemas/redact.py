@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Any scheme://... run up to whitespace or a quote: URLs inside free text (error messages, logs).
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+# user:password@ before a host outside any URL: yt-dlp's info dict has `webpage_url_domain` as the netloc.
+_BARE_USERINFO = re.compile(r"(?<![\w/@:.-])[^\s'\"<>`/@:]+:[^\s'\"<>`/@]+@(?=[\w.-]+)")
 # Query parameter names that carry a credential, lowercased; plus every x-amz-* and x-goog-* one.
 _SECRET_PARAMS = frozenset(
     {
@@ -67,9 +69,9 @@ def redact_url(url: str) -> str:
 
 def redact(text: str | None) -> str | None:
     """Text (a source, an error message, a log line) with every URL in it redacted (redact_url)."""
-    if not text or "://" not in text:
+    if not text or "@" not in text and "://" not in text:
         return text
-    return _URL.sub(_redact_match, text)
+    return _BARE_USERINFO.sub("", _URL.sub(_redact_match, text))
 
 
 def _redact_match(match: re.Match) -> str:

@@ -64,3 +64,9 @@ def test_every_url_in_a_message_is_redacted_and_the_rest_kept():
 def test_re_signed_links_of_one_object_read_the_same():
     again = PRESIGNED_S3.replace("f00dcafe", "0ddba11").replace("20260101T000000Z", "20260102T000000Z")
     assert redact(again) == redact(PRESIGNED_S3)
+
+
+def test_userinfo_outside_a_url_is_dropped_and_an_email_kept():
+    # yt-dlp's info dict carries the netloc alone as webpage_url_domain (found by a real build's tables).
+    info = '{"webpage_url_domain": "reader:hunter2@127.0.0.1:39751", "uploader": "bob@example.com"}'
+    assert redact(info) == '{"webpage_url_domain": "127.0.0.1:39751", "uploader": "bob@example.com"}'
